@@ -1,0 +1,33 @@
+"""Starting the editor: ``npe`` or ``npe PHOTO``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from PySide6.QtWidgets import QApplication
+
+from editor.main_window import MainWindow
+from engine.pipeline import Engine
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+DEFAULT_PHOTO = RESOURCES / "astronaut.png"
+
+
+def engine_factory(weights: str | None, device: str):
+    def make() -> Engine:
+        return Engine.load(weights, device)
+
+    return make
+
+
+def run(photo: str | None = None, weights: str | None = None, device: str = "auto") -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("Neural Photo Editor")
+    app.setOrganizationName("neural-photo-editor")
+    window = MainWindow(engine_factory(weights, device))
+    window.show()
+    window.open_path(str(photo) if photo else str(DEFAULT_PHOTO))
+    return app.exec()

@@ -1,0 +1,127 @@
+"""Attribute sliders: one per learned direction; moving previews, releasing commits."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QPixmap
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSlider,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from editor.canvas import qimage_from_array
+
+STEPS = 100  # slider ticks per unit
+LIMIT = 3.0
+
+
+class AttributePanel(QWidget):
+    changed = Signal(object)  # dict name -> value, while dragging
+    committed = Signal(object)  # dict name -> value, on release / reset
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.sliders: dict[str, QSlider] = {}
+        self.values_labels: dict[str, QLabel] = {}
+        self._inner = QWidget()
+        self._grid = QGridLayout(self._inner)
+        self._grid.setColumnStretch(1, 1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self._inner)
+        self.reset_all = QPushButton("Reset all sliders")
+        self.reset_all.clicked.connect(self._reset_all)
+        self.empty = QLabel("This model has no attribute directions.")
+        self.empty.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.empty)
+        layout.addWidget(scroll, 1)
+        layout.addWidget(self.reset_all)
+
+    def set_attributes(self, attributes: tuple[tuple[str, str, str], ...],
+                       thumbnails: dict[str, np.ndarray] | None = None) -> None:
+        """(name, label, quality) per slider; 'weak' ones are marked."""
+        while self._grid.count():
+            item = self._grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        self.sliders.clear()
+        self.values_labels.clear()
+        self.empty.setVisible(not attributes)
+        for row, (name, label, quality) in enumerate(attributes):
+            text = label + (" (weak)" if quality == "weak" else "")
+            name_label = QLabel(text)
+            if quality == "weak":
+                name_label.setToolTip("This slider changes the attribute less reliably (see the model card)")
+                name_label.setStyleSheet("color: #b0a060")
+            s = QSlider(Qt.Orientation.Horizontal)
+            s.setRange(int(-LIMIT * STEPS), int(LIMIT * STEPS))
+            s.setValue(0)
+            s.setObjectName(name)
+            s.setAccessibleName(label)
+            value = QLabel("0.00")
+            value.setMinimumWidth(40)
+            reset = QToolButton()
+            reset.setText("⟲")
+            reset.setToolTip(f"Reset {label}")
+            s.valueChanged.connect(lambda v, n=name: self._moved(n, v))
+            s.sliderReleased.connect(self._released)
+            reset.clicked.connect(lambda _=False, n=name: self._reset_one(n))
+            self._grid.addWidget(name_label, 2 * row, 0)
+            self._grid.addWidget(s, 2 * row, 1)
+            self._grid.addWidget(value, 2 * row, 2)
+            self._grid.addWidget(reset, 2 * row, 3)
+            if thumbnails and name in thumbnails:
+                strip = QLabel()
+                strip.setPixmap(QPixmap.fromImage(qimage_from_array(thumbnails[name])))
+                strip.setToolTip(f"What {label} changes, from -2 to +2")
+                self._grid.addWidget(strip, 2 * row + 1, 0, 1, 4)
+            self.sliders[name] = s
+            self.values_labels[name] = value
+
+    def values(self) -> dict[str, float]:
+        return {n: s.value() / STEPS for n, s in self.sliders.items() if s.value() != 0}
+
+    def set_values(self, values: dict[str, float]) -> None:
+        """Mirror the engine's state without emitting."""
+        for n, s in self.sliders.items():
+            v = int(round(values.get(n, 0.0) * STEPS))
+            if s.value() != v and not s.isSliderDown():
+                s.blockSignals(True)
+                s.setValue(v)
+                s.blockSignals(False)
+            self.values_labels[n].setText(f"{s.value() / STEPS:+.2f}")
+
+    def _moved(self, name: str, v: int) -> None:
+        self.values_labels[name].setText(f"{v / STEPS:+.2f}")
+        self.changed.emit(self.values())
+        if not self.sliders[name].isSliderDown():  # keyboard or wheel: each change is final
+            self.committed.emit(self.values())
+
+    def _released(self) -> None:
+        self.committed.emit(self.values())
+
+    def _reset_one(self, name: str) -> None:
+        s = self.sliders[name]
+        s.blockSignals(True)
+        s.setValue(0)
+        s.blockSignals(False)
+        self.values_labels[name].setText("+0.00")
+        self.committed.emit(self.values())
+
+    def _reset_all(self) -> None:
+        for name in self.sliders:
+            s = self.sliders[name]
+            s.blockSignals(True)
+            s.setValue(0)
+            s.blockSignals(False)
+            self.values_labels[name].setText("+0.00")
+        self.committed.emit(self.values())

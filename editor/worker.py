@@ -1,0 +1,282 @@
+"""The engine worker: one thread that owns the model and the edit session.
+
+The GUI puts requests in the worker's mailbox (``send`` never blocks) and gets answers
+through a callback, which the main window connects to a queued Qt signal so widgets are
+only touched on the GUI thread. Whatever queues up while the worker is busy is merged
+(``requests.merge``): a long stroke never builds up lag. Every failure comes back as a
+``Failed`` answer; the worker keeps running. Qt-free, so it is tested without a display.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from editor import requests as rq
+from engine import align
+from engine.checkpoint import ModelError
+from engine.faces import Face, face_from_rect
+from engine.images import ImageError, save_image
+from engine.pipeline import Engine, NoFaceError, detect, open_session
+from engine.session import EditSession, fit_scale
+
+log = logging.getLogger(__name__)
+Answer = object
+EngineFactory = Callable[[], Engine]
+
+RECOVERABLE = (ImageError, ModelError, NoFaceError, ValueError, KeyError, OSError)
+
+
+def _face_info(face: Face) -> rq.FaceInfo:
+    return rq.FaceInfo(box=tuple(map(tuple, face.box.tolist())), eyes=tuple(map(tuple, face.eyes.tolist())),
+                       manual=face.manual)
+
+
+class EngineWorker:
+    def __init__(self, engine_factory: EngineFactory, emit: Callable[[Answer], None],
+                 session_hook: Callable[[EditSession], None] | None = None) -> None:
+        self._factory = engine_factory
+        self._emit = emit
+        self._mailbox: queue.SimpleQueue[rq.Request] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="npe-engine", daemon=True)
+        self.engine: Engine | None = None
+        self.session: EditSession | None = None
+        self.faces: list[Face] = []
+        self.face_index = 0
+        self.generation = 0
+        self.view = rq.View()
+        self._display: tuple[float, np.ndarray] | None = None  # (scale, resized photo)
+        self.batches = 0  # merged batches handled, for tests and figures
+        self.steps = 0  # brush updates taken
+        self._session_hook = session_hook
+
+    # ---- GUI side ---------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, request: rq.Request) -> None:
+        """Queue a request; returns at once."""
+        self._mailbox.put(request)
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Ask the thread to finish and wait for it. Returns whether it ended."""
+        if self._thread.is_alive():
+            self._mailbox.put(rq.Shutdown())
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ---- worker thread ------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.engine = self._factory()
+        except Exception as e:  # noqa: BLE001 - reported to the user as data
+            self._emit(rq.Failed(0, str(e) if isinstance(e, RECOVERABLE) else f"the model could not start: {e}",
+                                 "load", fatal=True))
+            self.engine = None
+        else:
+            self._emit(rq.Ready(self.engine.describe(), tuple(
+                (a.name, a.label, a.quality) for a in self.engine.attributes.visible())))
+        while True:
+            batch = [self._mailbox.get()]
+            while True:
+                try:
+                    batch.append(self._mailbox.get_nowait())
+                except queue.Empty:
+                    break
+            work = rq.merge(batch, self.generation)
+            if work and isinstance(work[0], rq.Shutdown):
+                return
+            self.batches += 1
+            t0 = time.perf_counter()
+            show = False
+            last_id = 0
+            for req in work:
+                last_id = req.id
+                try:
+                    show = self._handle(req) or show
+                except Exception as e:  # noqa: BLE001 - every failure becomes a message
+                    show = True
+                    self._report(req, e)
+            if show and self.session is not None:
+                try:
+                    self._emit(self._frame(last_id, (time.perf_counter() - t0) * 1000))
+                except Exception as e:  # noqa: BLE001
+                    self._report(rq.View(id=last_id), e)
+
+    def _report(self, req: rq.Request, e: Exception) -> None:
+        if isinstance(e, RECOVERABLE):
+            msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        else:
+            log.error("engine error on %s:\n%s", type(req).__name__, traceback.format_exc())
+            msg = f"internal error while handling {type(req).__name__}: {type(e).__name__}: {e}"
+        if self.session is not None and self.session.stroke is not None:
+            self.session.cancel_stroke()
+        self._emit(rq.Failed(req.id, msg, type(req).__name__))
+
+    def _need_session(self) -> EditSession:
+        if self.session is None:
+            raise ValueError("no photo is open")
+        return self.session
+
+    def _handle(self, req: rq.Request) -> bool:
+        """Carry out one request; returns whether the picture may have changed."""
+        self.generation = max(self.generation, req.generation)
+        if isinstance(req, rq.View):
+            if (req.width, req.height) != (self.view.width, self.view.height):
+                self._display = None
+            self.view = req
+            return True
+        if self.engine is None:
+            raise ModelError("no model is loaded, so nothing can be edited")
+        if isinstance(req, rq.OpenPhoto):
+            self._emit(rq.Progress(req.id, f"opening {Path(req.path).name}..."))
+            t0 = time.perf_counter()
+            session, faces = open_session(self.engine, req.path, req.face)
+            self._install(session, faces, 0 if req.face is None else req.face)
+            self._emit(rq.Opened(req.id, req.generation, session.photo.name, req.path, session.photo.size,
+                                 tuple(_face_info(f) for f in faces), self.face_index, not faces,
+                                 (time.perf_counter() - t0) * 1000))
+            return True
+        if isinstance(req, rq.OpenSession):
+            from engine.document import load_session
+
+            session, faces, face_index = load_session(self.engine, req.path)
+            self._install(session, faces, face_index)
+            self._emit(rq.Opened(req.id, req.generation, session.photo.name, req.path, session.photo.size,
+                                 tuple(_face_info(f) for f in faces), face_index, not faces, 0.0))
+            return True
+        s = self._need_session()
+        if isinstance(req, rq.ChooseFace):
+            if not 0 <= req.index < len(self.faces):
+                raise ValueError(f"there is no face {req.index}")
+            self.face_index = req.index
+            s.set_face(self.faces[req.index])
+            return True
+        if isinstance(req, rq.PlaceFace):
+            x0, y0, x1, y1 = req.rect
+            if min(abs(x1 - x0), abs(y1 - y0)) < 8:
+                raise ValueError("the face box is too small: drag a box around the whole face")
+            face = face_from_rect(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+            self.faces.append(face)
+            self.face_index = len(self.faces) - 1
+            s.set_face(face)
+            return True
+        if isinstance(req, rq.StrokeBegin):
+            s.brush_begin(req.color, req.radius)
+            return False
+        if isinstance(req, rq.StrokeMove):
+            if s.stroke is None:
+                return False
+            self._preview = s.brush_to(list(req.points))
+            self.steps += 1
+            return True
+        if isinstance(req, rq.StrokeEnd):
+            s.brush_end()
+            return True
+        if isinstance(req, rq.SetSliders):
+            s.set_sliders(dict(req.values))
+            if req.commit:
+                s.commit()
+            return True
+        if isinstance(req, rq.SetLatent):
+            s.set_latent(np.asarray(req.values, dtype=np.float32))
+            if req.commit:
+                s.commit()
+            return True
+        if isinstance(req, rq.Undo):
+            return s.undo()
+        if isinstance(req, rq.Redo):
+            return s.redo()
+        if isinstance(req, rq.Reset):
+            s.reset()
+            return True
+        if isinstance(req, rq.Sample):
+            s.sample(req.seed)
+            return True
+        if isinstance(req, rq.Export):
+            t0 = time.perf_counter()
+            self._emit(rq.Progress(req.id, f"exporting {Path(req.path).name}..."))
+            save_image(req.path, s.composite(), quality=req.quality, photo=s.photo)
+            self._emit(rq.Done(req.id, f"exported {Path(req.path).name} "
+                                       f"({s.photo.size[0]}x{s.photo.size[1]}, {time.perf_counter() - t0:.1f} s)",
+                               req.path))
+            return False
+        if isinstance(req, rq.SaveSession):
+            from engine.document import save_session
+
+            save_session(s, req.path, self.faces, self.face_index)
+            if not req.autosave:
+                self._emit(rq.Done(req.id, f"saved session {Path(req.path).name}", req.path))
+            return False
+        raise ValueError(f"unknown request {type(req).__name__}")
+
+    def _install(self, session: EditSession, faces: list[Face], face_index: int) -> None:
+        self.session = session
+        self.faces = list(faces) if faces else []
+        self.face_index = face_index
+        self._display = None
+        if self._session_hook is not None:
+            self._session_hook(session)
+
+    def _display_photo(self, s: EditSession) -> tuple[float, np.ndarray]:
+        if self._display is None:
+            import cv2
+
+            w, h = s.photo.size
+            scale = fit_scale(w, h, max(16, self.view.width), max(16, self.view.height))
+            if scale < 1:
+                small = cv2.resize(s.photo.pixels, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                   interpolation=cv2.INTER_AREA)
+                scale = small.shape[1] / w
+            else:
+                small = s.photo.pixels
+            self._display = (scale, small)
+        return self._display
+
+    def _frame(self, last_id: int, ms: float) -> rq.Frame:
+        s = self._need_session()
+        scale, base = self._display_photo(s)
+        mode = self.view.mode
+        stroke_preview = getattr(self, "_preview", None) if s.stroke is not None else None
+        self._preview = None
+        result = stroke_preview or s.render()
+        if mode == "original":
+            image = base.copy()
+        elif mode == "raw":
+            image = s.composite(base, scale, result.__class__(result.generated, result.generated,
+                                                              torch.ones_like(result.mask)), keep_detail=False)
+        elif mode == "mask":
+            red = -torch.ones_like(result.generated)
+            red[:, 0] = 1.0
+            overlay = result.__class__(red, red, result.mask * 0.7)
+            image = s.composite(base, scale, overlay, keep_detail=False)
+        else:
+            image = s.composite(base, scale, result)
+        from engine.images import to_uint8
+
+        return rq.Frame(
+            id=last_id, generation=self.generation, image=image, scale=scale, photo_size=s.photo.size,
+            latent=s.latent_grid(), sliders=tuple(sorted(s.sliders.items())), can_undo=s.can_undo,
+            can_redo=s.can_redo, edited=s.edited, faces=tuple(_face_info(f) for f in self.faces),
+            face_index=self.face_index, crop=to_uint8(result.shown[0]), mode=mode, ms=ms, name=s.photo.name)
+
+
+def crop_corners(session: EditSession) -> np.ndarray:
+    """The aligned crop's outline in photo pixels (for drawing)."""
+    r = session.resolution
+    return align.apply(align.invert(session.transform), np.array([[0, 0], [r, 0], [r, r], [0, r]], dtype=float) - 0.5)
+
+
+__all__ = ["EngineWorker", "crop_corners", "detect"]

@@ -1,0 +1,140 @@
+"""Attribute directions in latent space: the sliders.
+
+A slider value v moves the latent by ``v * step * direction``; ``direction`` is a unit
+vector (the normal of a linear boundary learned on encoded, labelled faces) and ``step``
+the spread of the encoded training faces along it, so +1 is "one standard deviation more".
+
+Conditional editing: a direction can be made orthogonal to others (``hold``), so moving
+"gray hair" does not also age the face, following InterFaceGAN.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DIRECTIONS_FILE = "attributes.safetensors"
+NAMES_FILE = "attributes.json"
+
+
+@dataclass
+class Attribute:
+    name: str
+    label: str
+    step: float
+    quality: str = "good"  # "good" shows as a slider; "weak" is shown marked; "hidden" is not shown
+    note: str = ""
+    kind: str = "named"  # "named" (from labels) or "pca" (unlabelled direction)
+    default_hold: tuple[str, ...] = ()
+
+
+@dataclass
+class AttributeSet:
+    attributes: list[Attribute]
+    directions: torch.Tensor  # (K, D) unit rows
+    hold: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> directions projected out
+
+    @classmethod
+    def empty(cls, latent_dim: int) -> AttributeSet:
+        return cls([], torch.zeros(0, latent_dim))
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self.attributes]
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.directions.shape[1])
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"unknown attribute {name!r}; known: {', '.join(self.names) or 'none'}") from None
+
+    def get(self, name: str) -> Attribute:
+        return self.attributes[self.index(name)]
+
+    def direction(self, name: str, hold: tuple[str, ...] | None = None) -> torch.Tensor:
+        """The unit direction for ``name``, with the ``hold`` directions projected out."""
+        d = self.directions[self.index(name)].clone()
+        held = self.hold.get(name, self.get(name).default_hold) if hold is None else hold
+        basis = [self.directions[self.index(h)] for h in held if h != name and h in self.names]
+        if basis:
+            q, _ = torch.linalg.qr(torch.stack(basis, 1))  # (D, k) orthonormal
+            d = d - q @ (q.T @ d)
+            n = d.norm()
+            if n > 1e-6:
+                d = d / n
+        return d
+
+    def offset(self, values: dict[str, float]) -> torch.Tensor:
+        """Sum of value * step * direction over the given sliders, shape (D,)."""
+        out = torch.zeros(self.latent_dim)
+        for name, v in values.items():
+            if v:
+                out += float(v) * self.get(name).step * self.direction(name)
+        return out
+
+    def visible(self) -> list[Attribute]:
+        return [a for a in self.attributes if a.quality != "hidden"]
+
+    # ---- files ---------------------------------------------------------------------
+    def save(self, model_dir: Path, **meta: object) -> None:
+        from safetensors.torch import save_file
+
+        from engine.images import atomic_write
+
+        model_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"directions": self.directions.float().contiguous()}, str(model_dir / DIRECTIONS_FILE))
+        doc = {
+            "format_version": 1,
+            "latent_dim": self.latent_dim,
+            "attributes": [
+                {"name": a.name, "label": a.label, "step": a.step, "quality": a.quality, "note": a.note,
+                 "kind": a.kind, "default_hold": list(a.default_hold)}
+                for a in self.attributes
+            ],
+            **meta,
+        }
+        atomic_write(model_dir / NAMES_FILE, (json.dumps(doc, indent=2) + "\n").encode())
+
+    @classmethod
+    def load(cls, model_dir: Path, latent_dim: int) -> AttributeSet:
+        """The directions shipped with a model; an empty set when it has none."""
+        from engine.checkpoint import ModelError, read_tensors
+
+        names_path = model_dir / NAMES_FILE
+        if not names_path.exists():
+            return cls.empty(latent_dim)
+        try:
+            doc = json.loads(names_path.read_text(encoding="utf-8"))
+            attrs = [Attribute(name=a["name"], label=a.get("label", a["name"]), step=float(a["step"]),
+                               quality=a.get("quality", "good"), note=a.get("note", ""), kind=a.get("kind", "named"),
+                               default_hold=tuple(a.get("default_hold", ())))
+                     for a in doc["attributes"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelError(f"attribute list {names_path} is damaged ({e})") from None
+        dirs = read_tensors(model_dir / DIRECTIONS_FILE)
+        if "directions" not in dirs:
+            raise ModelError(f"{model_dir / DIRECTIONS_FILE} has no 'directions' tensor")
+        d = dirs["directions"].float()
+        if d.ndim != 2 or d.shape[0] != len(attrs) or d.shape[1] != latent_dim:
+            raise ModelError(
+                f"{model_dir / DIRECTIONS_FILE} holds directions of shape {tuple(d.shape)}, but the model has "
+                f"latent size {latent_dim} and {NAMES_FILE} names {len(attrs)} attributes: recompute them with "
+                "`npe attributes --data DIR`"
+            )
+        return cls(attrs, d)
+
+    def describe(self) -> list[dict[str, object]]:
+        return [{"name": a.name, "label": a.label, "quality": a.quality, "kind": a.kind} for a in self.attributes]
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v

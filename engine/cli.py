@@ -1,0 +1,269 @@
+"""The ``npe`` command.
+
+    npe [PHOTO]                       start the editor (on PHOTO, or on the default face)
+    npe info                          the model, as JSON
+    npe edit PHOTO -o OUT [--stroke S]... [--attr NAME=V]...
+    npe align PHOTO -o CROP.png       the aligned crop; faces, landmarks, transform as JSON
+    npe train --data DIR --out RUN    train the face model
+    npe eval --data DIR               evaluate a model, as JSON
+    npe attributes --data DIR         learn the attribute directions for a model
+    npe landmarks --data DIR          train the eye-landmark refiner
+    npe bench                         speed figures, as JSON
+
+Every failure ends in one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+COMMANDS = ("info", "edit", "align", "train", "eval", "attributes", "landmarks", "bench", "gui")
+STROKE_RE = re.compile(r"^#?([0-9a-fA-F]{6}):(\d+(?:\.\d+)?):(.+)$")
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_stroke(text: str) -> tuple[tuple[int, int, int], float, list[tuple[float, float]]]:
+    """'#RRGGBB:RADIUS:x1,y1;x2,y2;...' -> (rgb, radius, points)."""
+    m = STROKE_RE.match(text.strip())
+    if not m:
+        raise UsageError(f"bad --stroke {text!r}: expected '#RRGGBB:RADIUS:x1,y1;x2,y2;...'")
+    hexcol, radius, pts = m.groups()
+    rgb = (int(hexcol[0:2], 16), int(hexcol[2:4], 16), int(hexcol[4:6], 16))
+    points = []
+    for pair in pts.split(";"):
+        if not pair.strip():
+            continue
+        try:
+            xs, ys = pair.split(",")
+            points.append((float(xs), float(ys)))
+        except ValueError:
+            raise UsageError(f"bad point {pair!r} in --stroke: expected 'x,y'") from None
+    if not points:
+        raise UsageError(f"--stroke {text!r} has no points")
+    if float(radius) <= 0:
+        raise UsageError(f"--stroke radius must be positive, got {radius}")
+    return rgb, float(radius), points
+
+
+def parse_attr(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise UsageError(f"bad --attr {text!r}: expected NAME=VALUE, e.g. smiling=1.5") from None
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# ---- commands -------------------------------------------------------------------------
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from engine.pipeline import Engine
+
+    _print_json(Engine.load(args.weights, args.device).describe())
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from engine.images import save_image
+    from engine.pipeline import Engine, open_session
+
+    strokes = [parse_stroke(s) for s in args.stroke or []]
+    attrs = dict(parse_attr(a) for a in args.attr or [])
+    engine = Engine.load(args.weights, args.device)
+    session, faces = open_session(engine, args.photo, args.face)
+    for name in attrs:
+        engine.attributes.index(name)  # unknown names fail before any work
+    if attrs:
+        session.set_sliders(attrs)
+        session.commit()
+    for rgb, radius, points in strokes:
+        session.brush_begin(rgb, radius)
+        for p in points:
+            session.brush_to([p])
+        session.brush_end()
+    out = Path(args.output)
+    if out.exists() and not args.force and out.resolve() == Path(args.photo).resolve():
+        raise UsageError(f"{out} is the photo being edited: pass --force to overwrite it")
+    save_image(out, session.composite(), quality=args.quality, photo=session.photo)
+    if args.json:
+        _print_json({"output": str(out), "faces": len(faces), "strokes": len(strokes), "attributes": attrs})
+    return 0
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from engine import align
+    from engine.images import load_photo, save_image
+    from engine.pipeline import choose_face, detect
+
+    photo = load_photo(args.photo)
+    faces = detect(photo)
+    face = choose_face(photo, faces, args.face, allow_whole=False)
+    t = face.transform(args.size)
+    save_image(args.output, align.warp_to_crop(photo.pixels, t, args.size), photo=None)
+    _print_json({
+        "photo": str(args.photo), "size": list(photo.size), "crop": str(args.output), "crop_size": args.size,
+        "faces": [f.to_dict() for f in faces], "chosen": faces.index(face),
+        "landmarks": {"left_eye": face.eyes[0].round(2).tolist(), "right_eye": face.eyes[1].round(2).tolist()},
+        "transform": t.round(6).tolist(),
+    })
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.train import options_from_args, train
+
+    out = train(options_from_args(vars(args)))
+    print(f"trained; exported model in {out / 'model'}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from engine.evaluate import evaluate
+
+    _print_json(evaluate(args))
+    return 0
+
+
+def cmd_attributes(args: argparse.Namespace) -> int:
+    from engine.attribute_learning import learn_attributes
+
+    _print_json(learn_attributes(args))
+    return 0
+
+
+def cmd_landmarks(args: argparse.Namespace) -> int:
+    from engine.landmarks import train_landmarks
+
+    path = train_landmarks(Path(args.data), Path(args.out), steps=args.steps)
+    print(json.dumps({"weights": str(path)}))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from engine.bench import bench
+
+    _print_json(bench(args))
+    return 0
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    # the GUI lives in editor/; the engine itself never imports Qt
+    app = importlib.import_module("editor.app")
+    return int(app.run(photo=args.photo, weights=args.weights, device=args.device))
+
+
+# ---- parser -----------------------------------------------------------------------------
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help="model folder (default: pretrained/)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.train import TrainOptions
+
+    parser = argparse.ArgumentParser(prog="npe", description="Neural Photo Editor")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("gui", help="start the editor")
+    p.add_argument("photo", nargs="?")
+    _add_common(p)
+
+    p = sub.add_parser("info", help="print the model's description as JSON")
+    _add_common(p)
+
+    p = sub.add_parser("edit", help="apply strokes and sliders to a photo headlessly")
+    p.add_argument("photo")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--stroke", action="append", help="'#RRGGBB:RADIUS:x1,y1;x2,y2;...' in photo pixels")
+    p.add_argument("--attr", action="append", help="NAME=VALUE slider setting, e.g. smiling=1.5")
+    p.add_argument("--face", type=int, help="which detected face (0 = the largest)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--force", action="store_true", help="allow overwriting the input photo")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _add_common(p)
+
+    p = sub.add_parser("align", help="write the aligned face crop and print the alignment")
+    p.add_argument("photo")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--face", type=int)
+
+    p = sub.add_parser("train", help="train the face model")
+    for f in dataclasses.fields(TrainOptions):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, action="store_true", help=f"(default {f.default})")
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+            p.add_argument(flag, dest=f.name, type=typ, default=None, required=f.name == "data",
+                           help=f"(default {f.default!r})")
+
+    p = sub.add_parser("eval", help="evaluate a model; prints JSON")
+    p.add_argument("--data", required=True, help="prepared data folder or a folder of face photos")
+    p.add_argument("--n", type=int, default=500, help="faces to evaluate (default 500)")
+    p.add_argument("--grid", default="eval-grid.png", help="where to write the image grid")
+    p.add_argument("--attributes", action="store_true", help="evaluate the attribute sliders instead")
+    p.add_argument("--threads", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("attributes", help="learn attribute directions for a model")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", help="model folder to write to (default: the --weights folder)")
+    p.add_argument("--n", type=int, default=0, help="training faces to encode (0: all)")
+    _add_common(p)
+
+    p = sub.add_parser("landmarks", help="train the eye-landmark refiner")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", default="pretrained")
+    p.add_argument("--steps", type=int, default=3000)
+
+    p = sub.add_parser("bench", help="speed figures as JSON")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--photo", help="a photo to open (default: a generated 12-megapixel photo)")
+    p.add_argument("--events", type=int, default=300, help="brush samples to replay")
+    _add_common(p)
+    return parser
+
+
+HANDLERS = {"info": cmd_info, "edit": cmd_edit, "align": cmd_align, "train": cmd_train, "eval": cmd_eval,
+            "attributes": cmd_attributes, "landmarks": cmd_landmarks, "bench": cmd_bench, "gui": cmd_gui}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv = ["gui", *argv]  # `npe` and `npe PHOTO` start the editor
+    args = build_parser().parse_args(argv)
+    from engine.checkpoint import ModelError
+    from engine.images import ImageError
+    from engine.pipeline import NoFaceError
+
+    try:
+        return HANDLERS[args.command](args)
+    except (UsageError, ImageError, ModelError, NoFaceError, KeyError, ValueError, OSError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"npe {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"npe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

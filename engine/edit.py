@@ -1,0 +1,181 @@
+"""Pure editing functions: paint -> latent update, and the interpolation-mask render.
+
+Everything here works on one aligned crop at the model's resolution R:
+    x       (1, 3, R, R)  the photo crop, in [-1, 1]
+    recon0  (1, 3, R, R)  G(z0), the reconstruction of the encoded photo
+    z       (1, D)        the current latent
+The decoder is frozen; only ``z`` ever gets a gradient.
+
+A brush stroke is a paint layer over the crop: ``paint`` (1, 3, R, R) target colours and
+``alpha`` (1, 1, R, R) coverage in [0, 1]. One brush update lowers
+
+    mean_alpha (G(z) - paint)^2  +  keep * mean_{1 - halo} (G(z) - G(z_start))^2
+
+where the second term holds the image outside the stroke (its dilated halo) where it was
+when the stroke began, so painting a fringe of hair does not also change the chin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Decoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BrushRule:
+    """How a brush event moves the latent.
+
+    ``kind="adam"``: Adam steps on z with the keep term (this project's default).
+    ``kind="sgd2016"``: Brock et al.'s rule, one plain step z -= 0.05 (1 + width) dL/dz,
+    paint term only (``lr`` and ``keep`` unused).
+    """
+
+    kind: str = "adam"
+    lr: float = 0.08
+    keep: float = 1.0
+    prior: float = 0.0  # pulls |z| toward sqrt(D), the typical norm under the prior
+    halo: float = 2.0  # the kept region starts this many brush radii from the stroke
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("adam", "sgd2016"):
+            raise ValueError(f"unknown brush rule {self.kind!r}: use 'adam' or 'sgd2016'")
+
+
+def check_latent(z: torch.Tensor, latent_dim: int) -> None:
+    if z.ndim != 2 or z.shape[0] != 1 or z.shape[1] != latent_dim:
+        raise ValueError(f"latent must have shape (1, {latent_dim}), got {tuple(z.shape)}")
+
+
+def check_image(name: str, t: torch.Tensor, resolution: int, channels: int = 3) -> None:
+    want = (1, channels, resolution, resolution)
+    if tuple(t.shape) != want:
+        dims = ("batch", "channel", "height", "width")
+        wrong = [f"{d} {a} (expected {b})" for d, a, b in zip(dims, t.shape, want, strict=False) if a != b]
+        detail = ", ".join(wrong) if len(t.shape) == 4 else f"{t.ndim} dimensions (expected 4)"
+        raise ValueError(f"{name} has shape {tuple(t.shape)}: {detail}")
+
+
+# ---- paint layer -------------------------------------------------------------------
+
+def stamp_segment(alpha: np.ndarray, paint: np.ndarray, p0: tuple[float, float], p1: tuple[float, float],
+                  radius: float, color: np.ndarray) -> None:
+    """Paint a round-tipped segment into ``alpha`` (R, R) and ``paint`` (R, R, 3), in place.
+
+    Coordinates are crop pixels; the tip has a soft one-pixel edge.
+    """
+    r_img = alpha.shape[0]
+    ys, xs = np.mgrid[0:r_img, 0:r_img].astype(np.float32)
+    ax, ay = p0
+    bx, by = p1
+    dx, dy = bx - ax, by - ay
+    seg2 = dx * dx + dy * dy
+    if seg2 > 1e-12:
+        t = np.clip(((xs - ax) * dx + (ys - ay) * dy) / seg2, 0.0, 1.0)
+    else:
+        t = np.zeros_like(xs)
+    dist = np.hypot(xs - (ax + t * dx), ys - (ay + t * dy))
+    cover = np.clip(radius + 0.5 - dist, 0.0, 1.0)
+    new = cover > alpha
+    alpha[new] = cover[new]
+    paint[cover > 0] = color
+
+
+def halo_of(alpha: torch.Tensor, radius_px: float) -> torch.Tensor:
+    """Dilate a coverage map by ``radius_px`` (max pooling), values in [0, 1]."""
+    k = max(1, int(math.ceil(radius_px)))
+    return F.max_pool2d(alpha, 2 * k + 1, stride=1, padding=k)
+
+
+# ---- latent updates ----------------------------------------------------------------
+
+def paint_loss(image: torch.Tensor, paint: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Coverage-weighted mean squared colour error over the painted region."""
+    w = alpha.sum().clamp_min(1e-6) * 3
+    return (alpha * (image - paint) ** 2).sum() / w
+
+
+class BrushOptimizer:
+    """The latent optimiser for one stroke: holds Adam's moments between events."""
+
+    def __init__(self, z: torch.Tensor, rule: BrushRule, radius_px: float, keep_image: torch.Tensor) -> None:
+        self.rule = rule
+        self.radius_px = radius_px
+        self.z = z.detach().clone().requires_grad_(True)
+        self.keep_image = keep_image.detach()
+        self._adam = torch.optim.Adam([self.z], lr=rule.lr, betas=(0.9, 0.99)) if rule.kind == "adam" else None
+
+    def step(self, decoder: Decoder, paint: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One update. Returns (the decoder output at z before the update, the paint loss)."""
+        with torch.enable_grad():
+            out = decoder(self.z)
+            loss = paint_loss(out, paint, alpha)
+            total = loss
+            if self.rule.kind == "adam":
+                if self.rule.keep > 0:
+                    outside = 1.0 - halo_of(alpha, self.rule.halo * self.radius_px)
+                    n_out = outside.sum().clamp_min(1.0) * 3
+                    total = total + self.rule.keep * (outside * (out - self.keep_image) ** 2).sum() / n_out
+                if self.rule.prior > 0:
+                    d = self.z.shape[1]
+                    total = total + self.rule.prior * (self.z.norm() - math.sqrt(d)) ** 2 / d
+            (grad,) = torch.autograd.grad(total, self.z)
+        with torch.no_grad():
+            if self._adam is not None:
+                self.z.grad = grad
+                self._adam.step()
+                self.z.grad = None
+            else:
+                # Brock et al. 2016: one plain step, size 0.05 * (1 + brush width)
+                self.z -= 0.05 * (1 + self.radius_px) * grad
+        return out.detach(), float(loss.detach())
+
+
+# ---- rendering ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """M = clip(gain * blur(mean_c |G(z) - G(z0)|) - floor, 0, 1) / (1 - floor)."""
+
+    sigma: float = 0.7  # in pixels of a 64-pixel crop; scaled with the resolution
+    gain: float = 6.0
+    floor: float = 0.08
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    xs = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (xs / sigma) ** 2)
+    return k / k.sum()
+
+
+def blur(m: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, 1, H, W) maps with reflected borders."""
+    if sigma <= 0:
+        return m
+    k = _gaussian_kernel(sigma).to(m)
+    r = (len(k) - 1) // 2
+    m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(m, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+
+
+def change_mask(generated: torch.Tensor, recon0: torch.Tensor, settings: MaskSettings = MaskSettings()) -> torch.Tensor:
+    """(N, 1, R, R) blend weights in [0, 1]: where the decoder output moved away from G(z0)."""
+    diff = (generated - recon0).abs().mean(1, keepdim=True)
+    sigma = settings.sigma * generated.shape[-1] / 64
+    m = blur(diff, sigma) * settings.gain
+    return ((m - settings.floor) / (1 - settings.floor)).clamp(0, 1)
+
+
+def render(x: torch.Tensor, recon0: torch.Tensor, generated: torch.Tensor,
+           settings: MaskSettings = MaskSettings()) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shown crop y = (1 - M) x + M G(z), and M. Where M = 0, y equals x exactly."""
+    mask = change_mask(generated, recon0, settings)
+    y = torch.where(mask > 0, x + mask * (generated - x), x)
+    return y, mask

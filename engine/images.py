@@ -1,0 +1,207 @@
+"""Image files in and out, and the one place where pixels change representation.
+
+The GUI and the file system only ever see ``uint8`` arrays of shape (H, W, 3) in RGB
+order. The networks only ever see ``float32`` tensors of shape (N, 3, H, W) with values
+in [-1, 1]. ``to_tensor`` and ``to_uint8`` are the only crossings between the two.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# A 50-megapixel photo must open; a decompression bomb must not. Checked on the header,
+# before any pixel is decoded.
+MAX_PIXELS = 120_000_000
+MIN_SIDE = 16
+READABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+class ImageError(Exception):
+    """An image could not be read or written; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A decoded photo: upright RGB pixels plus what is needed to write it back."""
+
+    pixels: np.ndarray  # uint8 (H, W, 3), EXIF orientation already applied
+    name: str = "untitled"
+    file_bytes: bytes = b""  # the original file, kept so a session can be reopened exactly
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    format: str = "PNG"
+    info: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) or (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]."""
+    if pixels.dtype != np.uint8 or pixels.shape[-1] != 3 or pixels.ndim not in (3, 4):
+        raise ValueError(f"expected uint8 (H, W, 3) pixels, got {pixels.dtype} {pixels.shape}")
+    batch = pixels[None] if pixels.ndim == 3 else pixels
+    t = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
+    return t / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (3, H, W) or (N, 3, H, W) in [-1, 1] -> uint8 (H, W, 3) or (N, H, W, 3)."""
+    t = images.detach().float().cpu()
+    if t.ndim not in (3, 4) or t.shape[-3] != 3:
+        raise ValueError(f"expected (N, 3, H, W) or (3, H, W) images, got {tuple(t.shape)}")
+    t = ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return t.movedim(-3, -1).numpy()
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> uint8 RGB; transparency is composited over white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def decode_photo(data: bytes, name: str = "untitled") -> Photo:
+    """Decode image bytes into an upright RGB ``Photo`` or raise ``ImageError``."""
+    if not data:
+        raise ImageError(f"{name}: the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise ImageError(
+                    f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than the "
+                    f"{MAX_PIXELS / 1e6:.0f} this program opens"
+                )
+            if min(w, h) < MIN_SIDE:
+                raise ImageError(f"{name}: {w}x{h} pixels is too small to hold a face")
+            fmt = img.format or "PNG"
+            icc = img.info.get("icc_profile")
+            exif = img.info.get("exif")
+            img.seek(0)  # animated images: the first frame
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            pixels = _to_rgb(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image this program can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: the image is too large to open safely") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageError(f"{name}: the image data is damaged ({e})") from None
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to open this image") from None
+    return Photo(
+        pixels=pixels,
+        name=name,
+        file_bytes=data,
+        icc_profile=icc if isinstance(icc, bytes) else None,
+        exif=exif if isinstance(exif, bytes) else None,
+        format=fmt,
+    )
+
+
+def load_photo(path: str | os.PathLike[str]) -> Photo:
+    """Read and decode a photo file, or raise ``ImageError`` with a message for the user."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{p.name}: the file does not exist (was it moved or deleted?)") from None
+    except IsADirectoryError:
+        raise ImageError(f"{p.name}: is a folder, not an image") from None
+    except PermissionError:
+        raise ImageError(f"{p.name}: permission to read the file was denied") from None
+    except OSError as e:
+        raise ImageError(f"{p.name}: could not be read ({e.strerror or e})") from None
+    return decode_photo(data, p.name)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename.
+
+    The old file, if any, stays intact when anything fails (full disk, read-only folder).
+    """
+    p = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+        tmp = None
+    except OSError as e:
+        raise ImageError(f"could not write {p.name}: {e.strerror or e}; nothing was changed") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def encode_image(pixels: np.ndarray, fmt: str, quality: int = 95, photo: Photo | None = None) -> bytes:
+    """Encode uint8 RGB pixels as PNG or JPEG bytes, keeping the photo's ICC profile.
+
+    The pixels are upright already, so the EXIF orientation tag is reset to 1 when the
+    photo's EXIF block is carried over.
+    """
+    img = Image.fromarray(pixels, "RGB")
+    kwargs: dict[str, object] = {}
+    if photo is not None and photo.icc_profile:
+        kwargs["icc_profile"] = photo.icc_profile
+    if photo is not None and photo.exif:
+        exif = Image.Exif()
+        exif.load(photo.exif)
+        exif[0x0112] = 1  # orientation: the pixels are written upright
+        kwargs["exif"] = exif.tobytes()
+    fmt = fmt.upper()
+    if fmt in ("JPG", "JPEG"):
+        kwargs.update(quality=int(quality), subsampling=0 if quality >= 90 else 2)
+        fmt = "JPEG"
+    elif fmt != "PNG":
+        raise ImageError(f"cannot export as {fmt}: choose PNG or JPEG")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def format_for_path(path: str | os.PathLike[str]) -> str:
+    """'PNG' or 'JPEG' from a file name, or raise ``ImageError``."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".png":
+        return "PNG"
+    if suffix in (".jpg", ".jpeg"):
+        return "JPEG"
+    raise ImageError(f"{Path(path).name}: export as .png, .jpg or .jpeg")
+
+
+def save_image(path: str | os.PathLike[str], pixels: np.ndarray, quality: int = 95,
+               photo: Photo | None = None) -> None:
+    """Encode by file suffix and write atomically."""
+    atomic_write(path, encode_image(pixels, format_for_path(path), quality, photo))

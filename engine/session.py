@@ -1,0 +1,294 @@
+"""The edit session: one photo, one chosen face, and everything done to it.
+
+State (all on the engine side, never touched by Qt):
+    photo      the decoded photo (full resolution, upright)
+    face       the chosen face and its alignment transform
+    x, z0      the aligned crop and its encoding; recon0 = G(z0)
+    z_base     the latent the brush and the latent canvas edit
+    sliders    attribute offsets; the decoder sees z = z_base + sum_a v_a * dir_a
+    history    undo/redo snapshots of (z_base, sliders), one per finished action
+
+A brush stroke goes ``brush_begin`` -> ``brush_to`` (per mouse sample, one latent update
+each, returns a preview) -> ``brush_end`` (refines, records one undo step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engine import align
+from engine.attributes import AttributeSet
+from engine.checkpoint import LoadedModel
+from engine.edit import BrushOptimizer, BrushRule, MaskSettings, check_latent, render, stamp_segment
+from engine.faces import Face
+from engine.images import Photo, to_tensor
+
+REFINE_STEPS_ON_RELEASE = 4
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    z_base: np.ndarray  # float32 (D,)
+    sliders: tuple[tuple[str, float], ...] = ()
+
+    def same_as(self, other: Snapshot) -> bool:
+        return self.sliders == other.sliders and np.array_equal(self.z_base, other.z_base)
+
+
+@dataclass
+class Stroke:
+    color: np.ndarray  # (3,) in [-1, 1]
+    radius: float  # crop pixels
+    alpha: np.ndarray  # (R, R) coverage
+    paint: np.ndarray  # (R, R, 3) target colours in [-1, 1]
+    optimizer: BrushOptimizer
+    last: tuple[float, float] | None = None
+    losses: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CropRender:
+    """The model-resolution result of the current state."""
+
+    shown: torch.Tensor  # (1, 3, R, R) (1 - M) x + M G(z)
+    generated: torch.Tensor  # (1, 3, R, R) G(z)
+    mask: torch.Tensor  # (1, 1, R, R)
+
+
+class EditSession:
+    def __init__(self, model: LoadedModel, photo: Photo, face: Face, device: str | torch.device = "cpu",
+                 attributes: AttributeSet | None = None, mask: MaskSettings = MaskSettings(),
+                 rule: BrushRule = BrushRule(), z0: np.ndarray | None = None) -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.decoder = model.model.decoder
+        self.resolution = model.config.resolution
+        self.latent_dim = model.config.latent_dim
+        self.attributes = attributes if attributes is not None else AttributeSet.empty(self.latent_dim)
+        self.mask_settings = mask
+        self.rule = rule
+        self.photo = photo
+        self.set_face(face, z0)
+
+    # ---- document ----------------------------------------------------------------
+    def set_face(self, face: Face, z0: np.ndarray | None = None) -> None:
+        """Align and encode a face; clears history (a new document generation)."""
+        self.face = face
+        self.transform = face.transform(self.resolution)
+        crop = align.warp_to_crop(self.photo.pixels, self.transform, self.resolution)
+        self.x = to_tensor(crop).to(self.device)
+        with torch.inference_mode():
+            if z0 is None:
+                z = self.model.model.encode(self.x)
+            else:
+                z = torch.as_tensor(z0, dtype=torch.float32, device=self.device).view(1, -1)
+            self.recon0 = self.decoder(z).clone()
+        self.z0 = z.clone()
+        self.z_base = z.clone()
+        self.sliders: dict[str, float] = {}
+        self.history: list[Snapshot] = [self.snapshot()]
+        self.position = 0
+        self.stroke: Stroke | None = None
+        self._render: CropRender | None = None
+
+    @property
+    def crop_pixels(self) -> np.ndarray:
+        from engine.images import to_uint8
+        return to_uint8(self.x[0])
+
+    # ---- latent --------------------------------------------------------------------
+    def slider_offset(self, sliders: dict[str, float] | None = None) -> torch.Tensor:
+        values = self.sliders if sliders is None else sliders
+        return self.attributes.offset(values).to(self.device).view(1, -1)
+
+    @property
+    def z(self) -> torch.Tensor:
+        """The latent the decoder sees."""
+        return self.z_base + self.slider_offset()
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.z_base[0].detach().cpu().numpy().astype(np.float32).copy(),
+                        tuple(sorted((k, float(v)) for k, v in self.sliders.items() if v != 0)))
+
+    def restore(self, snap: Snapshot) -> None:
+        self.z_base = torch.from_numpy(snap.z_base.copy()).to(self.device).view(1, -1)
+        self.sliders = dict(snap.sliders)
+        self._render = None
+
+    def commit(self) -> bool:
+        """Record the current state as one undo step (if it changed). Returns whether it did."""
+        snap = self.snapshot()
+        if snap.same_as(self.history[self.position]):
+            return False
+        del self.history[self.position + 1:]
+        self.history.append(snap)
+        self.position += 1
+        return True
+
+    def undo(self) -> bool:
+        self.cancel_stroke()
+        if self.position == 0:
+            return False
+        self.position -= 1
+        self.restore(self.history[self.position])
+        return True
+
+    def redo(self) -> bool:
+        self.cancel_stroke()
+        if self.position + 1 >= len(self.history):
+            return False
+        self.position += 1
+        self.restore(self.history[self.position])
+        return True
+
+    @property
+    def can_undo(self) -> bool:
+        return self.position > 0
+
+    @property
+    def can_redo(self) -> bool:
+        return self.position + 1 < len(self.history)
+
+    def reset(self) -> None:
+        """Back to the encoded photo (one undo step)."""
+        self.cancel_stroke()
+        self.z_base = self.z0.clone()
+        self.sliders = {}
+        self._render = None
+        self.commit()
+
+    def sample(self, seed: int | None = None) -> None:
+        """A new random face from the prior (one undo step)."""
+        self.cancel_stroke()
+        g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31, ()).item()))
+        self.z_base = torch.randn(1, self.latent_dim, generator=g).to(self.device)
+        self.sliders = {}
+        self._render = None
+        self.commit()
+
+    def set_latent(self, z: np.ndarray | torch.Tensor) -> None:
+        """Set the latent the decoder sees (latent canvas); sliders stay as they are."""
+        zt = torch.as_tensor(np.asarray(z, dtype=np.float32)).to(self.device).view(1, -1)
+        check_latent(zt, self.latent_dim)
+        self.z_base = zt - self.slider_offset()
+        self._render = None
+
+    def set_sliders(self, values: dict[str, float]) -> None:
+        unknown = set(values) - set(self.attributes.names)
+        if unknown:
+            raise ValueError(f"unknown attributes: {', '.join(sorted(unknown))}")
+        self.sliders = {k: float(v) for k, v in values.items()}
+        self._render = None
+
+    # ---- brush -------------------------------------------------------------------
+    def photo_to_crop(self, x: float, y: float) -> tuple[float, float]:
+        p = align.apply(self.transform, np.array([[x, y]]))[0]
+        return float(p[0]), float(p[1])
+
+    def brush_begin(self, color_rgb: tuple[int, int, int], radius_photo: float) -> None:
+        """Start a stroke with a colour (0-255 RGB) and a radius in photo pixels."""
+        self.cancel_stroke()
+        r = self.resolution
+        radius = max(0.5, radius_photo * align.scale_of(self.transform))
+        with torch.inference_mode():
+            keep = self.decoder(self.z).clone()
+        self.stroke = Stroke(
+            color=np.asarray(color_rgb, dtype=np.float32) / 127.5 - 1.0,
+            radius=radius,
+            alpha=np.zeros((r, r), dtype=np.float32),
+            paint=np.zeros((r, r, 3), dtype=np.float32),
+            optimizer=BrushOptimizer(self.z, self.rule, radius, keep),
+        )
+
+    def _paint_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.stroke is not None
+        paint = torch.from_numpy(self.stroke.paint).permute(2, 0, 1)[None].to(self.device)
+        alpha = torch.from_numpy(self.stroke.alpha)[None, None].to(self.device)
+        return paint, alpha
+
+    def brush_to(self, points: list[tuple[float, float]]) -> CropRender:
+        """Extend the stroke through ``points`` (photo pixels) and take one latent step."""
+        if self.stroke is None:
+            raise RuntimeError("brush_to before brush_begin")
+        s = self.stroke
+        for px, py in points:
+            p = self.photo_to_crop(px, py)
+            stamp_segment(s.alpha, s.paint, s.last or p, p, s.radius, s.color)
+            s.last = p
+        if not s.alpha.any():  # the stroke is entirely outside the face crop
+            return self.render()
+        paint, alpha = self._paint_tensors()
+        generated, loss = s.optimizer.step(self.decoder, paint, alpha)
+        s.losses.append(loss)
+        self.z_base = s.optimizer.z.detach() - self.slider_offset()
+        # the preview shows the decoder output computed for this step (one step behind)
+        shown, mask = render(self.x, self.recon0, generated, self.mask_settings)
+        self._render = None
+        return CropRender(shown, generated, mask)
+
+    def brush_end(self, refine_steps: int = REFINE_STEPS_ON_RELEASE) -> bool:
+        """Finish the stroke: a few more steps, then one undo step. Returns whether anything changed."""
+        s = self.stroke
+        if s is None:
+            return False
+        if s.alpha.any():
+            paint, alpha = self._paint_tensors()
+            for _ in range(refine_steps):
+                _, loss = s.optimizer.step(self.decoder, paint, alpha)
+                s.losses.append(loss)
+            self.z_base = s.optimizer.z.detach() - self.slider_offset()
+        self.stroke = None
+        self._render = None
+        return self.commit()
+
+    def cancel_stroke(self) -> None:
+        if self.stroke is not None:
+            self.stroke = None
+            self.restore(self.history[self.position])
+
+    # ---- output ------------------------------------------------------------------
+    def render(self) -> CropRender:
+        if self._render is None:
+            with torch.inference_mode():
+                generated = self.decoder(self.z)
+                shown, mask = render(self.x, self.recon0, generated, self.mask_settings)
+            self._render = CropRender(shown, generated, mask)
+        return self._render
+
+    def composite(self, pixels: np.ndarray | None = None, scale: float = 1.0, result: CropRender | None = None,
+                  keep_detail: bool = True) -> np.ndarray:
+        """The photo (or a copy of it resized by ``scale``) with the edit pasted back."""
+        res = result or self.render()
+        base = self.photo.pixels if pixels is None else pixels
+        t = self.transform.copy()
+        if scale != 1.0:
+            t[:, :2] /= scale
+            # pixel centres: photo x = (display x + 0.5) / scale - 0.5
+            t[:, 2] = align.apply(self.transform, np.array([[0.5 / scale - 0.5, 0.5 / scale - 0.5]]))[0]
+        gen = _to_255(res.generated)
+        mask = res.mask[0, 0].detach().cpu().numpy()
+        crop = _to_255(self.x) if keep_detail else None
+        return align.paste_back(base, t, gen, mask, crop=crop)
+
+    @property
+    def edited(self) -> bool:
+        return not torch.equal(self.z, self.z0)
+
+    def latent_grid(self) -> np.ndarray:
+        """The current latent as a (rows, cols) array, for the latent canvas."""
+        rows, cols = self.model.config.grid
+        return self.z[0].detach().cpu().numpy().reshape(rows, cols)
+
+
+def _to_255(t: torch.Tensor) -> np.ndarray:
+    """(1, 3, R, R) in [-1, 1] -> float32 (R, R, 3) in 0..255."""
+    return ((t[0].detach().float().cpu().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
+
+
+def fit_scale(width: int, height: int, max_w: int, max_h: int) -> float:
+    """The scale that fits a width x height photo inside max_w x max_h (never enlarging)."""
+    return min(1.0, max_w / width, max_h / height) if width and height else 1.0
+

@@ -1,0 +1,321 @@
+"""Training: ``npe train --data DIR --out RUN_DIR``.
+
+One step (batch x of aligned faces):
+    mu, logvar = E(x); z = mu + sigma * eps; zp ~ N(0, I)
+    xr, xs = G(z), G(zp)                                 reconstruction, sample
+    E, G:  w_pix |x - xr| + w_feat |D_f(x) - D_f(xr)| + w_kl KL + w_adv CE(D(xr), D(xs) -> real)
+    D:     CE(D(x) -> real, D(xr) -> reconstructed, D(xs) -> sampled)   (IAN's ternary loss)
+
+Runs on CUDA when present, otherwise the CPU. Under ``torchrun`` every process trains on
+its own shard of each batch and gradients are averaged by DistributedDataParallel (gloo
+on the CPU, NCCL on GPUs). Checkpoints resume exactly: weights, optimiser state, EMA,
+the step, and the random generator state are all saved (safetensors + JSON, no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from engine import checkpoint
+from engine.data import AlignedFaces, build_cache
+from engine.images import to_tensor, to_uint8
+from engine.model import Discriminator, FaceModel, ModelConfig
+
+REAL, RECONSTRUCTED, SAMPLED = 0, 1, 2
+
+
+@dataclass
+class TrainOptions:
+    data: str = ""
+    out: str = "runs/default"
+    resolution: int = 64
+    latent_dim: int = 256
+    decoder_channels: str = "512,256,128,64,32"
+    encoder_channels: str = "32,64,128,256"
+    discriminator_channels: str = "32,64,128,256"
+    sets: str = "celeba"
+    batch_size: int = 64
+    steps: int = 100_000
+    lr: float = 2e-4
+    beta1: float = 0.5
+    w_pix: float = 3.0
+    w_feat: float = 1.0
+    w_kl: float = 1e-4
+    w_adv: float = 0.1
+    adv_ramp_steps: int = 2000
+    ema: float = 0.999
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
+    device: str = "auto"
+    log_every: int = 50
+    image_every: int = 1000
+    checkpoint_every: int = 500
+    export_every: int = 2000
+    resume: bool = False
+
+    def model_config(self) -> ModelConfig:
+        ints = lambda s: tuple(int(v) for v in s.split(","))  # noqa: E731
+        return ModelConfig(
+            resolution=self.resolution,
+            latent_dim=self.latent_dim,
+            decoder_channels=ints(self.decoder_channels),
+            encoder_channels=ints(self.encoder_channels),
+            discriminator_channels=ints(self.discriminator_channels),
+        )
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, opts: TrainOptions) -> None:
+        self.opts = opts
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = pick_device(opts.device)
+        if self.world > 1:
+            if self.device.type == "cuda":
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                self.device = torch.device("cuda", local)
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if opts.threads > 0:
+            torch.set_num_threads(opts.threads)
+        if opts.batch_size % self.world:
+            raise ValueError(f"batch size {opts.batch_size} does not split over {self.world} processes")
+        self.out = Path(opts.out)
+        self.cfg = opts.model_config()
+        torch.manual_seed(opts.seed)
+        # channels-last: 1.4x faster convolutions on the CPU (measured), fine on GPUs
+        cl = torch.channels_last
+        self.model = FaceModel(self.cfg).to(self.device, memory_format=cl)
+        self.disc = Discriminator(self.cfg).to(self.device, memory_format=cl)
+        self.ema = FaceModel(self.cfg).to(self.device, memory_format=cl).eval().requires_grad_(False)
+        self.ema.load_state_dict(self.model.state_dict())
+        betas = (opts.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=opts.lr, betas=betas)
+        self.noise = torch.Generator(device=self.device)
+        self.noise.manual_seed(opts.seed * 1000 + self.rank)
+        self.step = 0
+        if self.world > 1:
+            self.enc = DDP(self.model.encoder)
+            self.dec = DDP(self.model.decoder)
+            self.disc_ddp: nn.Module = DDP(self.disc)
+        else:
+            self.enc, self.dec, self.disc_ddp = self.model.encoder, self.model.decoder, self.disc
+
+    # ---- data -------------------------------------------------------------------
+    def load_data(self) -> None:
+        cache = build_cache(Path(self.opts.data), self.cfg.resolution, tuple(self.opts.sets.split(",")))
+        if self.world > 1:
+            dist.barrier()
+        self.train_set = AlignedFaces(cache, split="train")
+        self.test_set = AlignedFaces(cache, split="test")
+        if len(self.train_set) < self.opts.batch_size:
+            raise ValueError(f"only {len(self.train_set)} training images for batch size {self.opts.batch_size}")
+        fixed = np.linspace(0, len(self.test_set) - 1, 8).astype(int)
+        self.fixed_x = to_tensor(self.test_set.images(fixed)).to(self.device)
+        g = torch.Generator().manual_seed(1234)
+        self.fixed_z = torch.randn(16, self.cfg.latent_dim, generator=g).to(self.device)
+
+    def batch(self, step: int) -> torch.Tensor:
+        """This process's shard of the batch for ``step``: a pure function of (seed, step)."""
+        n, b = len(self.train_set), self.opts.batch_size
+        per_epoch = n // b
+        epoch, pos = divmod(step, per_epoch)
+        perm = np.random.default_rng([self.opts.seed, epoch]).permutation(n)
+        rows = perm[pos * b:(pos + 1) * b]
+        shard = b // self.world
+        rows = rows[self.rank * shard:(self.rank + 1) * shard]
+        x = self.train_set.images(rows)
+        flip = np.random.default_rng([self.opts.seed, epoch, pos, 7]).random(b)[self.rank * shard:][:shard] < 0.5
+        x[flip] = x[flip, :, ::-1]
+        return to_tensor(x).to(self.device, memory_format=torch.channels_last, non_blocking=True)
+
+    # ---- one step -----------------------------------------------------------------
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        o = self.opts
+        n = x.shape[0]
+        mu, logvar = self.enc(x)
+        eps = torch.randn(mu.shape, generator=self.noise, device=self.device)
+        z = mu + eps * torch.exp(0.5 * logvar)
+        zp = torch.randn(mu.shape, generator=self.noise, device=self.device)
+        out = self.dec(torch.cat([z, zp]))
+        xr, xs = out[:n], out[n:]
+
+        # encoder + decoder
+        self.disc.requires_grad_(False)
+        logits, feats = self.disc(torch.cat([x, xr, xs]))
+        pix = (x - xr).abs().mean()
+        feat = torch.stack([(f[:n].detach() - f[n:2 * n]).abs().mean() for f in feats]).mean()
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
+        fool = torch.full((2 * n,), REAL, device=self.device, dtype=torch.long)
+        adv = F.cross_entropy(logits[n:], fool)
+        ramp = min(1.0, (self.step + 1) / max(1, o.adv_ramp_steps))
+        loss_g = o.w_pix * pix + o.w_feat * feat + o.w_kl * kl + ramp * o.w_adv * adv
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+
+        # discriminator
+        self.disc.requires_grad_(True)
+        logits_d, _ = self.disc_ddp(torch.cat([x, xr.detach(), xs.detach()]))
+        target = torch.cat([torch.full((n,), c, device=self.device, dtype=torch.long)
+                            for c in (REAL, RECONSTRUCTED, SAMPLED)])
+        loss_d = F.cross_entropy(logits_d, target)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        with torch.no_grad():
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters(), strict=False):
+                pe.lerp_(pm, 1 - o.ema)
+            for be, bm in zip(self.ema.buffers(), self.model.buffers(), strict=False):
+                be.copy_(bm)
+            acc = (logits_d.argmax(1) == target).float().mean()
+        vals = {"pix": pix, "feat": feat, "kl": kl, "adv": adv, "d": loss_d, "d_acc": acc}
+        return {k: float(v.detach()) for k, v in vals.items()}
+
+    # ---- state --------------------------------------------------------------------
+    def _optim_tensors(self, prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], object]:
+        sd = opt.state_dict()
+        tensors = {}
+        for idx, st in sd["state"].items():
+            for k, v in st.items():
+                tensors[f"{prefix}.{idx}.{k}"] = v.detach().cpu().contiguous()
+        return tensors, sd["param_groups"]
+
+    def save_state(self) -> None:
+        if self.rank != 0:
+            return
+        tensors = {}
+        for name, module in (("model", self.model), ("disc", self.disc), ("ema", self.ema)):
+            tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
+        tg, groups_g = self._optim_tensors("opt_g", self.opt_g)
+        td, groups_d = self._optim_tensors("opt_d", self.opt_d)
+        tensors.update(tg)
+        tensors.update(td)
+        tensors["rng.noise"] = self.noise.get_state().cpu()
+        tensors["rng.torch"] = torch.get_rng_state()
+        tmp = self.out / "state.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, self.out / "state.safetensors")
+        meta = {"step": self.step, "groups_g": groups_g, "groups_d": groups_d, "options": asdict(self.opts)}
+        (self.out / "state.json.tmp").write_text(json.dumps(meta))
+        os.replace(self.out / "state.json.tmp", self.out / "state.json")
+
+    def _load_optim(self, prefix: str, opt: torch.optim.Optimizer, groups: object,
+                    tensors: dict[str, torch.Tensor]) -> None:
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, v in tensors.items():
+            if key.startswith(prefix + "."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        opt.load_state_dict({"state": state, "param_groups": groups})
+
+    def load_state(self) -> None:
+        tensors = load_file(str(self.out / "state.safetensors"), device="cpu")
+        meta = json.loads((self.out / "state.json").read_text())
+        for name, module in (("model", self.model), ("disc", self.disc), ("ema", self.ema)):
+            p = name + "."
+            module.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
+        self._load_optim("opt_g", self.opt_g, meta["groups_g"], tensors)
+        self._load_optim("opt_d", self.opt_d, meta["groups_d"], tensors)
+        self.noise.set_state(tensors["rng.noise"].to(self.noise.get_state().device))
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step = int(meta["step"])
+
+    # ---- outputs ------------------------------------------------------------------
+    @torch.no_grad()
+    def write_grids(self) -> None:
+        if self.rank != 0:
+            return
+        from PIL import Image
+
+        self.ema.eval()
+        recon = self.ema.decode(self.ema.encode(self.fixed_x))
+        samples = self.ema.decode(self.fixed_z)
+        rows = [torch.cat(list(self.fixed_x), 2), torch.cat(list(recon), 2),
+                torch.cat(list(samples[:8]), 2), torch.cat(list(samples[8:]), 2)]
+        grid = to_uint8(torch.cat(rows, 1))
+        Image.fromarray(grid).save(self.out / f"grid-{self.step:07d}.png")
+
+    def export(self, name: str = "model") -> Path:
+        return checkpoint.save_model(
+            self.ema, self.out / name, model_id=f"{self.out.name}-{self.step}", trained_steps=self.step,
+            trained_images=self.step * self.opts.batch_size, training_sets=self.opts.sets.split(","))
+
+    # ---- loop ---------------------------------------------------------------------
+    def run(self) -> None:
+        o = self.opts
+        self.out.mkdir(parents=True, exist_ok=True)
+        if o.resume and (self.out / "state.safetensors").exists():
+            self.load_state()
+        elif self.rank == 0:
+            (self.out / "options.json").write_text(json.dumps(asdict(o), indent=2) + "\n")
+        self.load_data()
+        self.model.train()
+        self.disc.train()
+        bar = tqdm(total=o.steps, initial=self.step, disable=self.rank != 0, unit="step", dynamic_ncols=True)
+        log = (self.out / "log.jsonl").open("a") if self.rank == 0 else None
+        t0, seen = time.perf_counter(), 0
+        sums: dict[str, float] = {}
+        while self.step < o.steps:
+            losses = self.train_step(self.batch(self.step))
+            self.step += 1
+            seen += o.batch_size
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if self.step % o.log_every == 0 or self.step == o.steps:
+                count = (self.step - 1) % o.log_every + 1
+                avg = {k: v / count for k, v in sums.items()}
+                rate = seen / (time.perf_counter() - t0)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in avg.items()} | {"img/s": f"{rate:.0f}"})
+                if log is not None:
+                    log.write(json.dumps({"step": self.step, "img_per_s": round(rate, 1), **avg}) + "\n")
+                    log.flush()
+                sums = {}
+                t0, seen = time.perf_counter(), 0
+            bar.update(1)
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise FloatingPointError(f"loss became NaN/inf at step {self.step}: {losses}")
+            if self.step % o.image_every == 0:
+                self.write_grids()
+            if self.step % o.checkpoint_every == 0 or self.step == o.steps:
+                self.save_state()
+            if self.rank == 0 and (self.step % o.export_every == 0 or self.step == o.steps):
+                self.export()
+        bar.close()
+        if log is not None:
+            log.close()
+        if self.world > 1:
+            dist.destroy_process_group()
+
+
+def options_from_args(args: dict[str, object]) -> TrainOptions:
+    names = {f.name for f in fields(TrainOptions)}
+    return TrainOptions(**{k: v for k, v in args.items() if k in names and v is not None})  # type: ignore[arg-type]
+
+
+def train(opts: TrainOptions) -> Path:
+    trainer = Trainer(opts)
+    trainer.run()
+    return trainer.out

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny random models, small photos, an isolated config folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from engine import checkpoint  # noqa: E402
+from engine.attributes import Attribute, AttributeSet  # noqa: E402
+from engine.model import FaceModel, ModelConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESOURCES = ROOT / "resources"
+TINY = ModelConfig(resolution=32, latent_dim=16, decoder_channels=(16, 12, 8, 8), encoder_channels=(4, 8, 8),
+                   discriminator_channels=(4, 8, 8))
+
+
+def make_tiny_model(seed: int = 0) -> FaceModel:
+    torch.manual_seed(seed)
+    model = FaceModel(TINY)
+    # default initialisation gives a nearly constant output; scale the decoder up so its
+    # output depends on z as a trained one does
+    with torch.no_grad():
+        for m in model.decoder.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                torch.nn.init.normal_(m.weight, 0.0, 1.6 / (m.weight[0].numel() ** 0.5))
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NPE_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny random model with two attribute directions."""
+    d = tmp_path_factory.mktemp("tiny-model")
+    model = make_tiny_model()
+    checkpoint.save_model(model, d, model_id="tiny-test")
+    g = torch.Generator().manual_seed(3)
+    dirs = torch.randn(2, TINY.latent_dim, generator=g)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    AttributeSet([Attribute("smiling", "Smiling", 1.0), Attribute("eyeglasses", "Eyeglasses", 1.0, quality="weak")],
+                 dirs).save(d)
+    return d
+
+
+@pytest.fixture
+def engine(tiny_model_dir: Path):
+    from engine.pipeline import Engine
+
+    return Engine.load(tiny_model_dir, "cpu")
+
+
+@pytest.fixture
+def face_photo(tmp_path: Path) -> Path:
+    """A small square 'face crop' photo (no face needs to be detected in it)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:96]
+    img = np.stack([120 + 60 * np.sin(xx / 9), 100 + 50 * np.cos(yy / 7), 90 + 0 * xx], -1)
+    img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    from PIL import Image
+
+    p = tmp_path / "face.png"
+    Image.fromarray(img).save(p)
+    return p
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(RESOURCES / "astronaut.png").convert("RGB"))

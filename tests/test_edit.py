@@ -1,0 +1,83 @@
+"""Brush updates and the interpolation-mask render, on a tiny random decoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.edit import BrushOptimizer, BrushRule, MaskSettings, paint_loss, render, stamp_segment
+from tests.conftest import TINY, make_tiny_model
+
+
+def _stroke(color: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
+    r = TINY.resolution
+    alpha = np.zeros((r, r), np.float32)
+    paint = np.zeros((r, r, 3), np.float32)
+    stamp_segment(alpha, paint, (8, 8), (20, 10), 3.0, np.array([color, -color, color], np.float32))
+    return torch.from_numpy(paint).permute(2, 0, 1)[None], torch.from_numpy(alpha)[None, None]
+
+
+def test_stamp_segment_covers_the_segment_and_nothing_far_away() -> None:
+    alpha = np.zeros((32, 32), np.float32)
+    paint = np.zeros((32, 32, 3), np.float32)
+    stamp_segment(alpha, paint, (5, 5), (25, 5), 2.0, np.array([1, 0, 0], np.float32))
+    assert alpha[5, 5] == 1
+    assert alpha[5, 15] == 1
+    assert alpha[5, 25] == 1
+    assert alpha[20, 15] == 0
+    assert (paint[alpha > 0][:, 0] == 1).all()
+
+
+@pytest.mark.parametrize("rule", [BrushRule("adam"), BrushRule("adam", keep=0.0), BrushRule("sgd2016")])
+def test_brush_steps_lower_the_masked_colour_error(rule: BrushRule) -> None:
+    model = make_tiny_model()
+    z = torch.randn(1, TINY.latent_dim, generator=torch.Generator().manual_seed(1))
+    paint, alpha = _stroke()
+    with torch.no_grad():
+        start = model.decoder(z)
+    opt = BrushOptimizer(z, rule, 3.0, start)
+    before = float(paint_loss(start, paint, alpha))
+    for _ in range(40 if rule.kind == "adam" else 200):
+        opt.step(model.decoder, paint, alpha)
+    with torch.no_grad():
+        after = float(paint_loss(model.decoder(opt.z), paint, alpha))
+    assert after < before * 0.97
+
+
+def test_brush_step_leaves_the_decoder_untouched() -> None:
+    model = make_tiny_model()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    z = torch.zeros(1, TINY.latent_dim)
+    paint, alpha = _stroke()
+    opt = BrushOptimizer(z, BrushRule(), 3.0, model.decoder(z).detach())
+    opt.step(model.decoder, paint, alpha)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert all(p.grad is None for p in model.parameters())
+    assert not torch.equal(opt.z.detach(), z)
+
+
+def test_render_keeps_the_photo_where_nothing_changed() -> None:
+    model = make_tiny_model()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    z0 = torch.randn(1, TINY.latent_dim)
+    with torch.no_grad():
+        recon0 = model.decoder(z0)
+        y, mask = render(x, recon0, recon0)
+    assert torch.equal(y, x)
+    assert mask.max() == 0
+    # a change confined to one corner leaves far pixels exactly equal to the photo
+    gen = recon0.clone()
+    gen[..., :6, :6] += 0.8
+    y, mask = render(x, recon0, gen, MaskSettings())
+    assert mask[..., 0, 0] > 0.9
+    far = mask[0, 0] == 0
+    assert far.sum() > 500
+    assert torch.equal(y[0][:, far], x[0][:, far])
+
+
+def test_bad_latent_shape_names_the_dimension() -> None:
+    from engine.edit import check_image
+
+    with pytest.raises(ValueError, match="height 31"):
+        check_image("x", torch.zeros(1, 3, 31, 32), 32)

@@ -1,0 +1,159 @@
+"""The edit session: strokes, undo, sliders, rendering into the full photo, session files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.faces import whole_image_face
+from engine.images import load_photo
+from engine.session import EditSession
+
+
+def _session(engine, photo_path: Path) -> EditSession:
+    photo = load_photo(photo_path)
+    return EditSession(engine.loaded, photo, whole_image_face(*photo.size), "cpu", engine.attributes)
+
+
+def _paint(s: EditSession, color=(250, 250, 250), pts=((30, 30), (50, 35), (60, 40))) -> None:
+    s.brush_begin(color, 6)
+    for p in pts:
+        s.brush_to([p])
+    s.brush_end()
+
+
+def test_a_stroke_moves_the_painted_region_toward_the_colour(engine, face_photo: Path) -> None:
+    s = _session(engine, face_photo)
+    target = np.array([0.9, -0.9, 0.9], np.float32)
+    s.brush_begin((242, 13, 242), 8)
+    pts = [(20 + i * 3, 40) for i in range(15)]
+    s.brush_to(pts[:1])
+    alpha = torch.from_numpy(s.stroke.alpha.copy())
+    for p in pts[1:]:
+        s.brush_to([p])
+    alpha = torch.from_numpy(s.stroke.alpha.copy())
+    s.brush_end()
+
+    def err(z: torch.Tensor) -> float:
+        with torch.no_grad():
+            g = s.decoder(z)[0]
+        t = torch.from_numpy(target).view(3, 1, 1)
+        return float(((g - t) ** 2 * alpha).sum() / alpha.sum())
+
+    assert err(s.z) < err(s.z0) * 0.995
+    assert s.can_undo
+    assert len(s.history) == 2
+
+
+def test_undo_restores_exactly_and_redo_reapplies(engine, face_photo: Path) -> None:
+    s = _session(engine, face_photo)
+    before = s.composite().copy()
+    _paint(s)
+    edited = s.composite().copy()
+    assert not np.array_equal(before, edited)
+    assert s.undo()
+    assert torch.equal(s.z, s.z0)
+    assert np.array_equal(s.composite(), before)
+    assert s.redo()
+    assert np.array_equal(s.composite(), edited)
+    assert not s.redo()
+
+
+def test_untouched_photo_pixels_stay_identical(engine, tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    big = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    p = tmp_path / "big.png"
+    Image.fromarray(big).save(p)
+    photo = load_photo(p)
+    from engine.faces import face_from_rect
+
+    s = EditSession(engine.loaded, photo, face_from_rect(120, 60, 200, 140), "cpu", engine.attributes)
+    assert np.array_equal(s.composite(), big)  # nothing edited: bit-identical
+    _paint(s, pts=((150, 90), (170, 95)))
+    out = s.composite()
+    mask = s.render().mask[0, 0].numpy()
+    changed = np.any(out != big, axis=2)
+    assert changed.any()
+    # everything outside the face crop's footprint is untouched
+    x0, y0, x1, y1 = __import__("engine.align", fromlist=["x"]).crop_to_photo_box(s.transform, s.resolution, big.shape)
+    outside = np.ones_like(changed)
+    outside[y0:y1, x0:x1] = False
+    assert not changed[outside].any()
+    assert (mask == 0).any() or changed.sum() < changed.size
+
+
+def test_sliders_and_brush_combine(engine, face_photo: Path) -> None:
+    s = _session(engine, face_photo)
+    s.set_sliders({"smiling": 1.5})
+    s.commit()
+    z_slider = s.z.clone()
+    _paint(s)
+    assert s.sliders == {"smiling": 1.5}  # painting does not undo the slider
+    assert not torch.equal(s.z, z_slider)
+    offset = s.attributes.offset({"smiling": 1.5}).view(1, -1)
+    assert torch.allclose(s.z - s.z_base, offset)
+    s.undo()
+    assert torch.equal(s.z, z_slider)
+    with pytest.raises(ValueError, match="unknown"):
+        s.set_sliders({"nope": 1.0})
+
+
+def test_reset_and_sample_are_undoable(engine, face_photo: Path) -> None:
+    s = _session(engine, face_photo)
+    s.sample(seed=3)
+    assert not torch.equal(s.z, s.z0)
+    s.reset()
+    assert torch.equal(s.z, s.z0)
+    s.undo()
+    s.undo()
+    assert torch.equal(s.z, s.z0)
+    assert not s.can_undo
+
+
+def test_latent_canvas_sets_the_latent(engine, face_photo: Path) -> None:
+    s = _session(engine, face_photo)
+    values = np.linspace(-1, 1, s.latent_dim).astype(np.float32)
+    s.set_latent(values)
+    assert np.allclose(s.latent_grid().ravel(), values)
+    with pytest.raises(ValueError, match="shape"):
+        s.set_latent(np.zeros(s.latent_dim + 1, np.float32))
+
+
+def test_session_file_round_trip_restores_the_same_image(engine, face_photo: Path, tmp_path: Path) -> None:
+    from engine.document import load_session, save_session
+
+    s = _session(engine, face_photo)
+    _paint(s)
+    s.set_sliders({"smiling": -1.0})
+    s.commit()
+    _paint(s, color=(10, 10, 10), pts=((60, 60), (70, 62)))
+    s.undo()
+    image = s.composite().copy()
+    path = tmp_path / "work.npe"
+    save_session(s, path, [], 0)
+    s2, faces, idx = load_session(engine, path)
+    assert np.array_equal(s2.composite(), image)
+    assert s2.position == s.position
+    assert len(s2.history) == len(s.history)
+    assert s2.redo()
+    assert s.redo()
+    assert np.array_equal(s2.composite(), s.composite())
+
+
+def test_session_from_another_model_is_refused(engine, face_photo: Path, tmp_path: Path) -> None:
+    from engine.document import SessionError, load_session, save_session
+
+    s = _session(engine, face_photo)
+    path = tmp_path / "work.npe"
+    save_session(s, path, [], 0)
+    engine.loaded.meta["model_id"] = "another-model"
+    with pytest.raises(SessionError, match="another model"):
+        load_session(engine, path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(SessionError, match="not a readable session"):
+        load_session(engine, path)
