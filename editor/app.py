@@ -29,5 +29,8 @@ def run(photo: str | None = None, weights: str | None = None, device: str = "aut
     app.setOrganizationName("neural-photo-editor")
     window = MainWindow(engine_factory(weights, device))
     window.show()
-    window.open_path(str(photo) if photo else str(DEFAULT_PHOTO))
+    if photo:
+        window.open_path(str(photo))
+    elif not window.offer_recovery():
+        window.open_path(str(DEFAULT_PHOTO))
     return app.exec()

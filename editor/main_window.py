@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from editor import recovery
 from editor import requests as rq
 from editor.canvas import PhotoCanvas
 from editor.latent_view import LatentView
@@ -59,7 +60,7 @@ class MainWindow(QMainWindow):
     message = Signal(str)
 
     def __init__(self, engine_factory: EngineFactory, settings: Settings | None = None,
-                 ask: bool = True) -> None:
+                 ask: bool = True, autosave: Path | None | bool = True) -> None:
         super().__init__()
         self.setWindowTitle("Neural Photo Editor")
         self.resize(1280, 820)
@@ -97,7 +98,9 @@ class MainWindow(QMainWindow):
 
         self.bridge = Bridge()
         self.bridge.answer.connect(self._on_answer, Qt.ConnectionType.QueuedConnection)
-        self.worker = EngineWorker(engine_factory, self.bridge.answer.emit)
+        self.autosave_path = recovery.autosave_path() if autosave is True else (autosave or None)
+        self.worker = EngineWorker(engine_factory, self.bridge.answer.emit, autosave_path=self.autosave_path,
+                                   autosave_seconds=float(self.settings.autosave_seconds))
         self.worker.start()
         self._resize_timer = QTimer(self)
         self._resize_timer.setSingleShot(True)
@@ -539,7 +542,24 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
     def shutdown(self) -> None:
-        """Stop the worker thread (idempotent)."""
+        """Stop the worker thread (idempotent); a clean exit leaves no autosave behind."""
         t0 = time.perf_counter()
-        self.worker.stop()
+        if self.worker.stop() and self.autosave_path is not None:
+            recovery.discard(self.autosave_path)
         self._shutdown_ms = (time.perf_counter() - t0) * 1000
+
+    def offer_recovery(self) -> bool:
+        """After a crash: offer to restore the newest orphaned autosave. Returns whether it did."""
+        orphans = recovery.find_orphans()
+        if not orphans:
+            return False
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(orphans[0].stat().st_mtime))
+        if not self._question(f"The editor did not close properly. Restore the work autosaved at {when}?"):
+            for p in orphans:
+                recovery.discard(p)
+            return False
+        path = recovery.adopt(orphans[0])
+        for p in orphans[1:]:
+            recovery.discard(p)
+        self.open_path(str(path))
+        return True

@@ -21,11 +21,10 @@ import numpy as np
 import torch
 
 from editor import requests as rq
-from engine import align
 from engine.checkpoint import ModelError
 from engine.faces import Face, face_from_rect
 from engine.images import ImageError, save_image
-from engine.pipeline import Engine, NoFaceError, detect, open_session
+from engine.pipeline import Engine, NoFaceError, open_session
 from engine.session import EditSession, fit_scale
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ def _face_info(face: Face) -> rq.FaceInfo:
 
 class EngineWorker:
     def __init__(self, engine_factory: EngineFactory, emit: Callable[[Answer], None],
-                 session_hook: Callable[[EditSession], None] | None = None) -> None:
+                 autosave_path: Path | None = None, autosave_seconds: float = 30.0) -> None:
         self._factory = engine_factory
         self._emit = emit
         self._mailbox: queue.SimpleQueue[rq.Request] = queue.SimpleQueue()
@@ -56,7 +55,11 @@ class EngineWorker:
         self._display: tuple[float, np.ndarray] | None = None  # (scale, resized photo)
         self.batches = 0  # merged batches handled, for tests and figures
         self.steps = 0  # brush updates taken
-        self._session_hook = session_hook
+        self.moves: list[int] = []  # points per handled brush move (what the merge produced)
+        self.autosave_path = autosave_path
+        self.autosave_seconds = autosave_seconds
+        self._autosaved: tuple[int, ...] | None = None
+        self._last_autosave = time.monotonic()
 
     # ---- GUI side ---------------------------------------------------------------
     def start(self) -> None:
@@ -89,7 +92,11 @@ class EngineWorker:
             self._emit(rq.Ready(self.engine.describe(), tuple(
                 (a.name, a.label, a.quality) for a in self.engine.attributes.visible())))
         while True:
-            batch = [self._mailbox.get()]
+            try:
+                batch = [self._mailbox.get(timeout=self._autosave_wait())]
+            except queue.Empty:
+                self._autosave()
+                continue
             while True:
                 try:
                     batch.append(self._mailbox.get_nowait())
@@ -105,7 +112,7 @@ class EngineWorker:
             for req in work:
                 last_id = req.id
                 try:
-                    show = self._handle(req) or show
+                    show = self._handle_on_any_device(req) or show
                 except Exception as e:  # noqa: BLE001 - every failure becomes a message
                     show = True
                     self._report(req, e)
@@ -114,6 +121,62 @@ class EngineWorker:
                     self._emit(self._frame(last_id, (time.perf_counter() - t0) * 1000))
                 except Exception as e:  # noqa: BLE001
                     self._report(rq.View(id=last_id), e)
+            if time.monotonic() - self._last_autosave >= self.autosave_seconds:
+                self._autosave()
+
+    # ---- autosave ----------------------------------------------------------------
+    def _state_key(self) -> tuple[int, ...] | None:
+        s = self.session
+        if s is None or len(s.history) < 2:
+            return None  # nothing worth keeping beyond the photo itself
+        return (id(s), s.position, len(s.history), id(s.history[s.position]))
+
+    def _autosave_wait(self) -> float | None:
+        if self.autosave_path is None:
+            return None
+        return max(0.05, self.autosave_seconds - (time.monotonic() - self._last_autosave))
+
+    def _autosave(self) -> None:
+        """Write the session to the autosave file when it changed since the last write."""
+        self._last_autosave = time.monotonic()
+        key = self._state_key()
+        if self.autosave_path is None or key is None or key == self._autosaved or self.session is None:
+            return
+        if self.session.stroke is not None:
+            return  # mid-stroke: the next pass will catch the finished stroke
+        from engine.document import save_session
+
+        try:
+            self.autosave_path.parent.mkdir(parents=True, exist_ok=True)
+            save_session(self.session, self.autosave_path, self.faces, self.face_index)
+            self._autosaved = key
+        except Exception as e:  # noqa: BLE001 - autosave must never take the editor down
+            self._emit(rq.Failed(0, f"autosave failed: {e}", "Autosave"))
+
+    # ---- device fallback ------------------------------------------------------------
+    def _handle_on_any_device(self, req: rq.Request) -> bool:
+        try:
+            return self._handle(req)
+        except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            if self.engine is None or not _is_gpu_error(e):
+                raise
+            self._fall_back_to_cpu(e)
+            return self._handle(req)
+
+    def _fall_back_to_cpu(self, error: Exception) -> None:
+        assert self.engine is not None
+        cpu = torch.device("cpu")
+        self.engine.loaded.model.to(cpu)
+        self.engine.device = cpu
+        if self.session is not None:
+            self.session.to(cpu)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        kind = "ran out of memory" if "out of memory" in str(error).lower() else "failed"
+        self._emit(rq.Failed(0, f"The GPU {kind} ({type(error).__name__}); continuing on the CPU for this session.",
+                             "Device"))
+        self._emit(rq.Ready(self.engine.describe(), tuple(
+            (a.name, a.label, a.quality) for a in self.engine.attributes.visible())))
 
     def _report(self, req: rq.Request, e: Exception) -> None:
         if isinstance(e, RECOVERABLE):
@@ -181,6 +244,7 @@ class EngineWorker:
                 return False
             self._preview = s.brush_to(list(req.points))
             self.steps += 1
+            self.moves.append(len(req.points))
             return True
         if isinstance(req, rq.StrokeEnd):
             s.brush_end()
@@ -227,8 +291,7 @@ class EngineWorker:
         self.faces = list(faces) if faces else []
         self.face_index = face_index
         self._display = None
-        if self._session_hook is not None:
-            self._session_hook(session)
+        self._autosaved = None
 
     def _display_photo(self, s: EditSession) -> tuple[float, np.ndarray]:
         if self._display is None:
@@ -273,10 +336,6 @@ class EngineWorker:
             face_index=self.face_index, crop=to_uint8(result.shown[0]), mode=mode, ms=ms, name=s.photo.name)
 
 
-def crop_corners(session: EditSession) -> np.ndarray:
-    """The aligned crop's outline in photo pixels (for drawing)."""
-    r = session.resolution
-    return align.apply(align.invert(session.transform), np.array([[0, 0], [r, 0], [r, r], [0, r]], dtype=float) - 0.5)
-
-
-__all__ = ["EngineWorker", "crop_corners", "detect"]
+def _is_gpu_error(e: Exception) -> bool:
+    text = str(e).lower()
+    return isinstance(e, torch.cuda.OutOfMemoryError) or any(k in text for k in ("cuda", "cublas", "cudnn", "nvidia"))

@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=500, help="faces to evaluate (default 500)")
     p.add_argument("--grid", default="eval-grid.png", help="where to write the image grid")
     p.add_argument("--attributes", action="store_true", help="evaluate the attribute sliders instead")
+    p.add_argument("--rule", default="adam", choices=("adam", "sgd2016"), help="brush update rule to measure")
+    p.add_argument("--brush-n", type=int, default=24, help="faces to replay the brush strokes on")
     p.add_argument("--threads", type=int, default=0)
     _add_common(p)
 
@@ -226,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", help="model folder to write to (default: the --weights folder)")
     p.add_argument("--n", type=int, default=0, help="training faces to encode (0: all)")
+    p.add_argument("--retrain-judge", action="store_true", help="train the attribute judge again")
     _add_common(p)
 
     p = sub.add_parser("landmarks", help="train the eye-landmark refiner")

@@ -87,6 +87,7 @@ def decode_photo(data: bytes, name: str = "untitled") -> Photo:
         raise ImageError(f"{name}: the file is empty")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # odd metadata is not the user's problem
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             w, h = img.size
@@ -109,7 +110,8 @@ def decode_photo(data: bytes, name: str = "untitled") -> Photo:
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image this program can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name}: the image is too large to open safely") from None
+        raise ImageError(f"{name}: the image is more than {MAX_PIXELS / 1e6:.0f} megapixels, "
+                         "too large to open safely") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageError(f"{name}: the image data is damaged ({e})") from None
     except MemoryError:

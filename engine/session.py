@@ -94,6 +94,16 @@ class EditSession:
         self.stroke: Stroke | None = None
         self._render: CropRender | None = None
 
+    def to(self, device: str | torch.device) -> None:
+        """Move the session (not the model) to another device; a stroke in progress continues."""
+        self.device = torch.device(device)
+        for name in ("x", "recon0", "z0", "z_base"):
+            setattr(self, name, getattr(self, name).to(self.device))
+        if self.stroke is not None:  # the optimiser restarts from the current latent
+            old = self.stroke.optimizer
+            self.stroke.optimizer = BrushOptimizer(self.z, old.rule, old.radius_px, old.keep_image.to(self.device))
+        self._render = None
+
     @property
     def crop_pixels(self) -> np.ndarray:
         from engine.images import to_uint8

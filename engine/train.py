@@ -319,3 +319,15 @@ def train(opts: TrainOptions) -> Path:
     trainer = Trainer(opts)
     trainer.run()
     return trainer.out
+
+
+def export_run(run_dir: Path, out_dir: Path) -> Path:
+    """Write the EMA encoder + decoder of a run's latest training state as a model folder."""
+    meta = json.loads((run_dir / "state.json").read_text())
+    opts = options_from_args(meta["options"])
+    tensors = load_file(str(run_dir / "state.safetensors"), device="cpu")
+    model = FaceModel(opts.model_config())
+    model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    step = int(meta["step"])
+    return checkpoint.save_model(model, out_dir, model_id=f"{run_dir.name}-{step}", trained_steps=step,
+                                 trained_images=step * opts.batch_size, training_sets=opts.sets.split(","))

@@ -1,0 +1,402 @@
+"""Learning the slider directions, and judging them.
+
+``npe attributes --data DIR``
+    1. encodes the training split of the aligned data with the model's encoder;
+    2. per attribute, fits a linear boundary (logistic regression, balanced classes) on the
+       latents; the unit normal is the direction, and one slider unit is the distance
+       between the mean latents of faces with and without the attribute along it;
+    3. finds correlated attributes (by their labels) to hold fixed by default
+       (conditional editing, as in InterFaceGAN);
+    4. adds the top principal directions of the latents (as GANSpace does) as unlabelled
+       sliders;
+    5. trains the judge (a small CNN attribute classifier on real images), scores every
+       slider with it on held-out faces, and marks sliders that do not work well enough.
+
+``npe eval --attributes --data DIR`` prints the judge's figures for the shipped sliders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from engine.attributes import Attribute, AttributeSet
+
+# slider name -> (label, CelebA column, sign)
+SLIDERS: dict[str, tuple[str, str, int]] = {
+    "smiling": ("Smiling", "Smiling", 1),
+    "mouth_open": ("Mouth open", "Mouth_Slightly_Open", 1),
+    "black_hair": ("Black hair", "Black_Hair", 1),
+    "blond_hair": ("Blond hair", "Blond_Hair", 1),
+    "brown_hair": ("Brown hair", "Brown_Hair", 1),
+    "gray_hair": ("Gray hair", "Gray_Hair", 1),
+    "bangs": ("Bangs", "Bangs", 1),
+    "bald": ("Bald", "Bald", 1),
+    "wavy_hair": ("Wavy hair", "Wavy_Hair", 1),
+    "eyeglasses": ("Eyeglasses", "Eyeglasses", 1),
+    "mustache": ("Mustache", "Mustache", 1),
+    "beard": ("Beard", "No_Beard", -1),
+    "male": ("Female / male", "Male", 1),
+    "age": ("Young / old", "Young", -1),
+    "heavy_makeup": ("Heavy makeup", "Heavy_Makeup", 1),
+    "pale_skin": ("Pale skin", "Pale_Skin", 1),
+}
+HOLD_CANDIDATES = ("male", "age", "smiling")
+HOLD_CORRELATION = 0.25
+PCA_COUNT = 6
+GOOD_FLIP, WEAK_FLIP = 0.5, 0.25
+
+
+# ---- the judge ------------------------------------------------------------------------
+
+class AttributeJudge(nn.Module):
+    """A small CNN that predicts the 40 CelebA attributes from an aligned crop in [-1, 1]."""
+
+    def __init__(self, n_out: int = 40, width: int = 32) -> None:
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width, 8 * width]
+        layers: list[nn.Module] = []
+        for a, b in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1], n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))  # logits (N, n_out)
+
+
+def train_judge(faces: object, epochs: int = 4, batch: int = 64, seed: int = 0) -> AttributeJudge:
+    """Train on the labelled training split (CelebA rows only)."""
+    from tqdm import tqdm
+
+    from engine.images import to_tensor
+
+    labels = faces.labels()  # type: ignore[attr-defined]
+    rows = np.nonzero(np.abs(labels).sum(1) > 0)[0]
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    judge = AttributeJudge(labels.shape[1])
+    opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
+    steps = epochs * (len(rows) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    judge.train()
+    bar = tqdm(total=steps, desc="training the attribute judge")
+    for _ in range(epochs):
+        perm = rng.permutation(rows)
+        for i in range(0, len(perm) - batch + 1, batch):
+            idx = perm[i:i + batch]
+            imgs = faces.images(idx)  # type: ignore[attr-defined]
+            flip = rng.random(len(idx)) < 0.5
+            imgs[flip] = imgs[flip, :, ::-1]
+            x = to_tensor(imgs)
+            y = torch.from_numpy((labels[idx] > 0).astype(np.float32))
+            loss = F.binary_cross_entropy_with_logits(judge(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return judge.eval()
+
+
+def judge_scores(judge: AttributeJudge, images: torch.Tensor, batch: int = 100) -> torch.Tensor:
+    """Probabilities (N, 40) for images (N, 3, R, R) in [-1, 1]."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            out.append(torch.sigmoid(judge(images[i:i + batch])))
+    return torch.cat(out)
+
+
+def save_judge(judge: AttributeJudge, model_dir: Path, names: list[str], accuracy: dict[str, float]) -> None:
+    from engine.images import atomic_write
+
+    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(model_dir / "judge.safetensors"))
+    atomic_write(model_dir / "judge.json", (json.dumps(
+        {"format_version": 1, "attribute_names": names, "held_out_accuracy": accuracy}, indent=2) + "\n").encode())
+
+
+def load_judge(model_dir: Path) -> tuple[AttributeJudge, list[str]]:
+    from engine.checkpoint import ModelError, read_tensors
+
+    meta_path = model_dir / "judge.json"
+    if not meta_path.exists():
+        raise ModelError(f"{meta_path} is missing: run `npe attributes --data DIR` to train the judge")
+    names = json.loads(meta_path.read_text())["attribute_names"]
+    judge = AttributeJudge(len(names))
+    judge.load_state_dict(read_tensors(model_dir / "judge.safetensors"))
+    return judge.eval(), names
+
+
+# ---- directions ---------------------------------------------------------------------------
+
+def encode_all(model: torch.nn.Module, faces: object, batch: int = 200) -> np.ndarray:
+    from engine.images import to_tensor
+
+    out = []
+    n = len(faces)  # type: ignore[arg-type]
+    with torch.inference_mode():
+        for i in range(0, n, batch):
+            out.append(model.encode(to_tensor(faces.images(np.arange(i, min(n, i + batch))))).numpy())  # type: ignore
+    return np.concatenate(out)
+
+
+@dataclass
+class Direction:
+    name: str
+    vector: np.ndarray
+    step: float
+    latent_accuracy: float
+
+
+def fit_direction(latents: np.ndarray, positive: np.ndarray, name: str) -> Direction:
+    """A linear boundary between positive and negative latents; its unit normal and step."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000)
+    clf.fit(latents, positive)
+    w = clf.coef_[0]
+    d = w / np.linalg.norm(w)
+    proj = latents @ d
+    step = float(proj[positive].mean() - proj[~positive].mean())
+    acc = float(clf.score(latents, positive))
+    return Direction(name, d.astype(np.float32), step, acc)
+
+
+def label_holds(labels: np.ndarray, names: list[str]) -> dict[str, tuple[str, ...]]:
+    """For each slider, the hold candidates whose labels correlate with it."""
+    cols = {n: names.index(c) for n, (_, c, _) in SLIDERS.items() if c in names}
+    signs = {n: s for n, (_, _, s) in SLIDERS.items()}
+    known = np.abs(labels).sum(1) > 0
+    lab = labels[known].astype(np.float32)
+    holds: dict[str, tuple[str, ...]] = {}
+    for a in cols:
+        held = []
+        for b in HOLD_CANDIDATES:
+            if b == a or b not in cols:
+                continue
+            c = np.corrcoef(lab[:, cols[a]] * signs[a], lab[:, cols[b]] * signs[b])[0, 1]
+            if abs(c) > HOLD_CORRELATION:
+                held.append(b)
+        holds[a] = tuple(held)
+    return holds
+
+
+def pca_directions(latents: np.ndarray, k: int = PCA_COUNT) -> list[Direction]:
+    centred = latents - latents.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    std = s / np.sqrt(len(latents) - 1)
+    return [Direction(f"pc{i + 1}", vt[i].astype(np.float32), float(std[i]), 0.0) for i in range(k)]
+
+
+def _render_shift(engine: object, crops: torch.Tensor, z: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """What the editor shows after adding ``offset`` to each latent (masked render)."""
+    from engine.edit import render
+
+    dec = engine.loaded.model.decoder  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        recon0 = dec(z)
+        gen = dec(z + offset)
+        shown, _ = render(crops, recon0, gen)
+    return shown
+
+
+def face_region(resolution: int) -> torch.Tensor:
+    """(R, R) bool: an ellipse over the face (eyes to chin) in the template."""
+    ys, xs = np.mgrid[0:resolution, 0:resolution].astype(np.float32)
+    u = ((xs + 0.5) / resolution - 0.5) / 0.24
+    v = ((ys + 0.5) / resolution - 0.62) / 0.3
+    return torch.from_numpy(u * u + v * v <= 1)
+
+
+def judge_sliders(engine: object, attrs: AttributeSet, judge: AttributeJudge, judge_names: list[str],
+                  test: object, n: int = 300) -> dict[str, dict[str, float]]:
+    """Per slider: flip rates both ways, other attributes' mean |score change|, outside pixel change."""
+    from engine.images import to_tensor
+
+    labels = test.labels()  # type: ignore[attr-defined]
+    known = np.nonzero(np.abs(labels).sum(1) > 0)[0]
+    rows = known[np.linspace(0, len(known) - 1, min(n, len(known))).astype(int)]
+    crops = to_tensor(test.images(rows))  # type: ignore[attr-defined]
+    lab = labels[rows]
+    model = engine.loaded.model  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        z = model.encode(crops)
+    base = judge_scores(judge, crops)
+    region = face_region(crops.shape[-1])
+    report: dict[str, dict[str, float]] = {}
+    for a in attrs.attributes:
+        if a.kind != "named" or a.name not in SLIDERS:
+            continue
+        _, col_name, sign = SLIDERS[a.name]
+        col = judge_names.index(col_name)
+        has = (lab[:, col] * sign) > 0
+        d = attrs.direction(a.name) * a.step
+        up = _render_shift(engine, crops, z, d.view(1, -1))
+        down = _render_shift(engine, crops, z, -d.view(1, -1))
+        s_up, s_down = judge_scores(judge, up), judge_scores(judge, down)
+
+        def pos(s: torch.Tensor, col: int = col, sign: int = sign) -> torch.Tensor:
+            return (s[:, col] > 0.5) if sign > 0 else (s[:, col] < 0.5)
+
+        flip_on = float(pos(s_up)[torch.from_numpy(~has)].float().mean()) if (~has).any() else float("nan")
+        flip_off = float((~pos(s_down))[torch.from_numpy(has)].float().mean()) if has.any() else float("nan")
+        others = [i for i in range(len(judge_names)) if i != col]
+        other_change = float((s_up[:, others] - base[:, others]).abs().mean())
+        outside = float((up - crops).abs().mean(1)[:, ~region].mean() / 2)
+        base_rate = float(pos(base)[torch.from_numpy(~has)].float().mean()) if (~has).any() else float("nan")
+        report[a.name] = {"flip_to_positive": round(flip_on, 3), "flip_to_negative": round(flip_off, 3),
+                          "judge_false_positive_before": round(base_rate, 3),
+                          "other_attributes_change": round(other_change, 4), "outside_face_change": round(outside, 4),
+                          "n_without": int((~has).sum()), "n_with": int(has.sum())}
+    return report
+
+
+def quality_of(r: dict[str, float]) -> str:
+    flips = [v for v in (r["flip_to_positive"], r["flip_to_negative"]) if v == v]
+    best = max(flips) if flips else 0.0
+    mean = float(np.mean(flips)) if flips else 0.0
+    if mean >= GOOD_FLIP:
+        return "good"
+    if best >= WEAK_FLIP:
+        return "weak"
+    return "hidden"
+
+
+def learn_attributes(args: argparse.Namespace) -> dict[str, object]:
+    from engine.data import AlignedFaces, build_cache
+    from engine.pipeline import Engine
+
+    t0 = time.perf_counter()
+    engine = Engine.load(args.weights, "cpu")
+    model_dir = Path(args.out) if args.out else engine.loaded.path
+    res = engine.loaded.config.resolution
+    data = Path(args.data)
+    cache = data / f"aligned-{res}"
+    if not (cache / "meta.json").exists():
+        cache = build_cache(data, res)
+    train = AlignedFaces(cache, split="train", sets=("celeba",))
+    test = AlignedFaces(cache, split="test", sets=("celeba",))
+    names = train.attribute_names
+    labels = train.labels()
+    keep = np.nonzero(np.abs(labels).sum(1) > 0)[0]
+    if args.n:
+        keep = keep[: args.n]
+    latents = encode_all(engine.loaded.model, _Subset(train, keep))
+    lab = labels[keep]
+    holds = label_holds(lab, names)
+    attrs, vectors = [], []
+    for name, (label, col, sign) in SLIDERS.items():
+        if col not in names:
+            continue
+        positive = lab[:, names.index(col)] * sign > 0
+        if positive.sum() < 20 or (~positive).sum() < 20:
+            continue
+        d = fit_direction(latents, positive, name)
+        attrs.append(Attribute(name, label, d.step, note=f"latent accuracy {d.latent_accuracy:.3f}",
+                               default_hold=holds.get(name, ())))
+        vectors.append(d.vector)
+    for d in pca_directions(latents):
+        attrs.append(Attribute(d.name, f"Latent direction {d.name[2:]}", d.step, kind="pca",
+                               note="principal direction of encoded training faces (unlabelled)"))
+        vectors.append(d.vector)
+    aset = AttributeSet(attrs, torch.from_numpy(np.stack(vectors)))
+
+    judge_path = model_dir / "judge.json"
+    if judge_path.exists() and not getattr(args, "retrain_judge", False):
+        judge, judge_names = load_judge(model_dir)
+    else:
+        judge = train_judge(train)
+        judge_names = names
+    test_lab = test.labels()
+    from engine.images import to_tensor
+
+    tk = np.nonzero(np.abs(test_lab).sum(1) > 0)[0][:2000]
+    scores = judge_scores(judge, to_tensor(test.images(tk)))
+    acc = {n: round(float(((scores[:, i] > 0.5).numpy() == (test_lab[tk, i] > 0)).mean()), 3)
+           for i, n in enumerate(judge_names)}
+    save_judge(judge, model_dir, judge_names, acc)
+    report = judge_sliders(engine, aset, judge, judge_names, test)
+    for a in aset.attributes:
+        if a.name in report:
+            a.quality = quality_of(report[a.name])
+    aset.save(model_dir, model_id=engine.loaded.model_id, evaluation=report,
+              judge_held_out_accuracy=acc)
+    return {"model_dir": str(model_dir), "sliders": {a.name: a.quality for a in aset.attributes if a.kind == "named"},
+            "pca": [a.name for a in aset.attributes if a.kind == "pca"], "evaluation": report,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+class _Subset:
+    """Rows of an AlignedFaces, by position."""
+
+    def __init__(self, faces: object, rows: np.ndarray) -> None:
+        self.faces, self.rows = faces, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def images(self, idx: np.ndarray) -> np.ndarray:
+        return self.faces.images(self.rows[np.asarray(idx)])  # type: ignore[attr-defined]
+
+
+def evaluate_attributes(args: argparse.Namespace) -> dict[str, object]:
+    from engine.data import AlignedFaces, build_cache
+    from engine.pipeline import Engine
+
+    engine = Engine.load(args.weights, args.device)
+    res = engine.loaded.config.resolution
+    data = Path(args.data)
+    cache = data / f"aligned-{res}"
+    if not (cache / "meta.json").exists():
+        cache = build_cache(data, res)
+    test = AlignedFaces(cache, split="test", sets=("celeba",))
+    judge, names = load_judge(engine.loaded.path)
+    report = judge_sliders(engine, engine.attributes, judge, names, test, n=args.n)
+    grid = Path(args.grid)
+    write_attribute_grid(engine, test, grid)
+    return {"n": min(args.n, len(test)), "attributes": report,
+            "quality": {a.name: a.quality for a in engine.attributes.attributes if a.kind == "named"},
+            "grid": str(grid)}
+
+
+def write_attribute_grid(engine: object, test: object, path: Path, faces: int = 2,
+                         values: tuple[float, ...] = (-2, -1, 0, 1, 2)) -> None:
+    """Rows: attributes (for each of ``faces`` held-out faces), columns: slider values."""
+    from PIL import Image, ImageDraw
+
+    from engine.images import to_tensor, to_uint8
+
+    attrs = [a for a in engine.attributes.attributes if a.kind == "named"]  # type: ignore[attr-defined]
+    idx = np.linspace(0, len(test) - 1, faces).astype(int)  # type: ignore[arg-type]
+    crops = to_tensor(test.images(idx))  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        z = engine.loaded.model.encode(crops)  # type: ignore[attr-defined]
+    res = crops.shape[-1]
+    cell = max(res, 96)
+    label_w = 130
+    sheet = Image.new("RGB", (label_w + cell * len(values) * faces, cell * len(attrs) + 20), (30, 30, 30))
+    draw = ImageDraw.Draw(sheet)
+    for c, v in enumerate(values * faces):
+        draw.text((label_w + c * cell + cell // 2 - 10, 4), f"{v:+g}", fill=(220, 220, 220))
+    for r, a in enumerate(attrs):
+        draw.text((4, 20 + r * cell + cell // 2 - 6), a.label + ("*" if a.quality != "good" else ""),
+                  fill=(220, 220, 220))
+        d = engine.attributes.direction(a.name) * a.step  # type: ignore[attr-defined]
+        for f in range(faces):
+            for c, v in enumerate(values):
+                shown = _render_shift(engine, crops[f:f + 1], z[f:f + 1], v * d.view(1, -1))
+                tile = Image.fromarray(to_uint8(shown[0])).resize((cell, cell), Image.Resampling.BILINEAR)
+                sheet.paste(tile, (label_w + (f * len(values) + c) * cell, 20 + r * cell))
+    sheet.save(path)

@@ -1,0 +1,152 @@
+"""``npe bench``: speed figures of the real engine path, as one JSON object.
+
+    decoder_step_ms        one bare decoder forward + backward to the latent (the floor)
+    brush_event_ms_p50/95  one mouse sample in, masked crop out (EditSession.brush_to)
+    display_ms_p95         pasting that crop into the photo at screen size (what the GUI adds)
+    encode_ms              encoder on one aligned crop
+    open_to_editable_ms    12-megapixel JPEG: read + decode + detect + align + encode
+    export_ms              the edited 12-megapixel photo composited at full size and written
+    overhead_ratio         brush_event_ms_p50 / decoder_step_ms
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SCREEN = (1600, 1000)  # the canvas size the display figure is measured for
+
+
+def _ms(samples: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(samples) * 1000, q)), 3)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_test_photo(path: Path, megapixels: float = 12.0) -> Path:
+    """A 4:3 JPEG of about ``megapixels`` with the bundled portrait in it (a real face)."""
+    from PIL import Image
+
+    from engine.checkpoint import REPO_ROOT
+
+    w = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
+    h = int(round(w * 3 / 4))
+    face = Image.open(REPO_ROOT / "resources" / "astronaut.png").convert("RGB")
+    canvas = Image.new("RGB", (w, h), (90, 110, 130))
+    side = int(h * 0.8)
+    canvas.paste(face.resize((side, side), Image.Resampling.BICUBIC), ((w - side) // 2, (h - side) // 2))
+    canvas.save(path, quality=92)
+    return path
+
+
+def bench(args: argparse.Namespace) -> dict[str, object]:
+    from engine.images import load_photo, save_image
+    from engine.pipeline import Engine, open_session
+    from engine.session import fit_scale
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = Engine.load(args.weights, args.device)
+    dev = engine.device
+    cfg = engine.loaded.config
+    dec = engine.loaded.model.decoder
+    out: dict[str, object] = {"device": str(dev), "threads": torch.get_num_threads(), "resolution": cfg.resolution,
+                              "latent_dim": cfg.latent_dim, "torch": torch.__version__,
+                              "model_id": engine.loaded.model_id}
+    if dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(dev)
+
+    # the floor: a bare decoder step to the latent
+    z = torch.randn(1, cfg.latent_dim, device=dev, requires_grad=True)
+    target = torch.zeros(1, 3, cfg.resolution, cfg.resolution, device=dev)
+    times = []
+    for i in range(60):
+        _sync(dev)
+        t0 = time.perf_counter()
+        loss = ((dec(z) - target) ** 2).mean()
+        (g,) = torch.autograd.grad(loss, z)
+        _sync(dev)
+        if i >= 10:
+            times.append(time.perf_counter() - t0)
+    out["decoder_step_ms"] = _ms(times, 50)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        photo_path = Path(args.photo) if args.photo else make_test_photo(Path(tmp) / "photo-12mp.jpg")
+        # open to editable, three times (the first warms caches)
+        opens = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            session, faces = open_session(engine, photo_path)
+            _sync(dev)
+            opens.append(time.perf_counter() - t0)
+        out["photo"] = {"path": str(photo_path) if args.photo else "generated", "size": list(session.photo.size),
+                        "faces": len(faces)}
+        out["open_to_editable_ms"] = _ms(opens[1:], 50)
+        times = []
+        for _ in range(20):
+            _sync(dev)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                engine.loaded.model.encode(session.x)
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+        out["encode_ms"] = _ms(times, 50)
+
+        # a replayed stroke across the face, in photo pixels
+        n = args.events
+        corners = session.face.eyes
+        mid = corners.mean(0)
+        iod = float(np.hypot(*(corners[1] - corners[0])))
+        ts = np.linspace(-1.2, 1.2, n)
+        pts = np.stack([mid[0] + ts * iod, mid[1] - 0.8 * iod + 0.15 * iod * np.sin(ts * 3)], 1)
+        w, h = session.photo.size
+        scale = fit_scale(w, h, *SCREEN)
+        import cv2
+
+        screen = cv2.resize(session.photo.pixels, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        scale = screen.shape[1] / w
+        session.brush_begin((40, 30, 20), 0.25 * iod)
+        events, display = [], []
+        for p in pts:
+            _sync(dev)
+            t0 = time.perf_counter()
+            result = session.brush_to([(float(p[0]), float(p[1]))])
+            _ = result.shown.cpu()
+            _sync(dev)
+            t1 = time.perf_counter()
+            frame = session.composite(screen, scale, result)
+            _ = np.ascontiguousarray(frame).copy()  # the GUI's copy into a QImage
+            t2 = time.perf_counter()
+            events.append(t1 - t0)
+            display.append(t2 - t1)
+        session.brush_end()
+        ev = events[10:]
+        out["brush_events"] = len(ev)
+        out["brush_event_ms_p50"] = _ms(ev, 50)
+        out["brush_event_ms_p95"] = _ms(ev, 95)
+        out["display_ms_p95"] = _ms(display[10:], 95)
+        out["overhead_ratio"] = round(out["brush_event_ms_p50"] / max(out["decoder_step_ms"], 1e-6), 3)  # type: ignore[operator]
+
+        t0 = time.perf_counter()
+        save_image(Path(tmp) / "export.jpg", session.composite(), quality=95, photo=session.photo)
+        out["export_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        out["open_file_only_ms"] = round(_time(lambda: load_photo(photo_path)) * 1000, 1)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if dev.type == "cuda":
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+    return out
+
+
+def _time(fn: object) -> float:
+    t0 = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - t0

@@ -1,0 +1,226 @@
+"""``npe eval``: how well a model reconstructs held-out faces and follows the brush.
+
+Reconstruction (aligned faces, encoder mean -> decoder):
+    psnr        dB, 8-bit
+    ssim        mean structural similarity (11x11 Gaussian window, per channel)
+    sharpness   Laplacian energy of the reconstruction / of the original (1 = as sharp)
+Brush (a fixed set of strokes in template coordinates, replayed through ``EditSession``
+exactly as the editor does, one latent update per mouse sample):
+    brush_color_error_reduction  1 - (error after / error before), error = mean squared
+                                 distance of the shown painted pixels to the paint colour
+    outside_change               mean |shown - photo| (0..1) outside the stroke dilated by
+                                 two brush radii
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine import align
+from engine.edit import BrushRule, halo_of
+from engine.faces import whole_image_face
+from engine.images import Photo, load_photo, to_tensor, to_uint8
+
+
+@dataclass(frozen=True)
+class StrokeSpec:
+    name: str
+    color: tuple[int, int, int]
+    radius: float  # fraction of the crop side
+    points: tuple[tuple[float, float], ...]  # template fractions
+
+
+STROKES = (
+    StrokeSpec("dark hair on forehead", (30, 22, 18), 0.05, ((0.35, 0.26), (0.5, 0.22), (0.65, 0.26))),
+    StrokeSpec("light on mouth", (235, 225, 215), 0.03, ((0.42, 0.77), (0.5, 0.78), (0.58, 0.77))),
+    StrokeSpec("blond hair", (215, 180, 110), 0.05, ((0.2, 0.3), (0.22, 0.5), (0.2, 0.7))),
+    StrokeSpec("dark eyebrows", (25, 20, 20), 0.025, ((0.3, 0.41), (0.42, 0.4))),
+)
+EVENTS_PER_STROKE = 20
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    xs = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-(xs**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM of (N, 3, H, W) images in [0, 1]."""
+    w = gaussian_window().to(a).repeat(3, 1, 1, 1)
+    c1, c2 = 0.01**2, 0.03**2
+
+    def filt(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, w, groups=3)
+
+    mu_a, mu_b = filt(a), filt(b)
+    var_a = filt(a * a) - mu_a**2
+    var_b = filt(b * b) - mu_b**2
+    cov = filt(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+def laplacian_energy(x: torch.Tensor) -> torch.Tensor:
+    """Mean squared Laplacian of the grey image, per image; x in [0, 1]."""
+    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    k = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]).view(1, 1, 3, 3).to(x)
+    return F.conv2d(grey, k).pow(2).mean(dim=(1, 2, 3))
+
+
+def reconstruction_metrics(model: torch.nn.Module, crops: np.ndarray, batch: int = 50) -> dict[str, float]:
+    psnrs, ssims, sharp_r, sharp_o = [], [], [], []
+    for i in range(0, len(crops), batch):
+        x = to_tensor(crops[i:i + batch])
+        with torch.inference_mode():
+            r = model.decode(model.encode(x))  # type: ignore[operator]
+        x01 = torch.from_numpy(crops[i:i + batch]).permute(0, 3, 1, 2).float() / 255
+        r01 = torch.from_numpy(to_uint8(r)).permute(0, 3, 1, 2).float() / 255
+        mse = (x01 - r01).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+        psnrs.append(10 * torch.log10(1 / mse))
+        ssims.append(ssim(x01, r01))
+        sharp_r.append(laplacian_energy(r01))
+        sharp_o.append(laplacian_energy(x01))
+    energy_o = torch.cat(sharp_o)
+    return {
+        "psnr": round(float(torch.cat(psnrs).mean()), 3),
+        "ssim": round(float(torch.cat(ssims).mean()), 4),
+        "sharpness": round(float(torch.cat(sharp_r).sum() / energy_o.sum()), 4),
+    }
+
+
+def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = None) -> dict[str, object]:
+    """Replay ``STROKES`` on each crop through ``EditSession``; average the effects."""
+    from engine.session import EditSession
+
+    loaded = engine.loaded  # type: ignore[attr-defined]
+    res = loaded.config.resolution
+    reductions, outside, per_stroke = [], [], {s.name: [] for s in STROKES}
+    ms = []
+    for crop in crops:
+        photo = Photo(pixels=crop, name="eval")
+        for spec in STROKES:
+            s = EditSession(loaded, photo, whole_image_face(res, res), engine.device,  # type: ignore[attr-defined]
+                            rule=rule or BrushRule())
+            radius = spec.radius * res
+            pts = np.array(spec.points) * res - 0.5
+            # resample the polyline into EVENTS_PER_STROKE mouse samples
+            seg = np.cumsum(np.r_[0, np.hypot(*np.diff(pts, axis=0).T)])
+            ts = np.linspace(0, seg[-1], EVENTS_PER_STROKE)
+            samples = np.stack([np.interp(ts, seg, pts[:, 0]), np.interp(ts, seg, pts[:, 1])], 1)
+            t0 = time.perf_counter()
+            s.brush_begin(spec.color, radius)
+            for p in samples:
+                s.brush_to([(float(p[0]), float(p[1]))])
+            alpha = torch.from_numpy(s.stroke.alpha.copy())[None, None]  # type: ignore[union-attr]
+            s.brush_end()
+            ms.append((time.perf_counter() - t0) * 1000 / EVENTS_PER_STROKE)
+            shown = s.render().shown
+            paint = torch.tensor(spec.color, dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1
+            before = float(((s.x - paint) ** 2 * alpha).sum() / (alpha.sum() * 3))
+            after = float(((shown - paint) ** 2 * alpha).sum() / (alpha.sum() * 3))
+            red = 1 - after / max(before, 1e-8)
+            reductions.append(red)
+            per_stroke[spec.name].append(red)
+            out = (1 - halo_of(alpha, 2 * radius)) > 0.5
+            diff = (shown - s.x).abs().mean(1, keepdim=True) / 2  # 0..1 units
+            outside.append(float(diff[out].mean()) if out.any() else 0.0)
+    return {
+        "brush_color_error_reduction": round(float(np.mean(reductions)), 4),
+        "outside_change": round(float(np.mean(outside)), 5),
+        "brush_per_stroke": {k: round(float(np.mean(v)), 4) for k, v in per_stroke.items()},
+        "brush_rule": (rule or BrushRule()).kind,
+        "brush_ms_per_event": round(float(np.median(ms)), 2),
+    }
+
+
+def load_eval_crops(data: Path, resolution: int, n: int) -> tuple[np.ndarray, str, int]:
+    """Held-out aligned faces from prepared data, or detected+aligned faces from a plain folder."""
+    if (data / "celeba").is_dir() or any(data.glob("aligned-*/meta.json")):
+        from engine.data import AlignedFaces, build_cache
+
+        sets = ("celeba", "lfw") if (data / "lfw").is_dir() else ("celeba",)
+        cache = data / f"aligned-{resolution}"
+        if not (cache / "meta.json").exists():
+            cache = build_cache(data, resolution, sets)
+        test = AlignedFaces(cache, split="test")
+        rows = np.linspace(0, len(test) - 1, min(n, len(test))).astype(int)
+        return test.images(rows), "held-out split", 0
+    from engine.images import READABLE_SUFFIXES, ImageError
+    from engine.pipeline import detect
+
+    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)
+    crops, missed = [], 0
+    for p in files:
+        if len(crops) >= n:
+            break
+        try:
+            photo = load_photo(p)
+        except ImageError:
+            missed += 1
+            continue
+        faces = detect(photo)
+        if not faces:
+            missed += 1
+            continue
+        crops.append(align.warp_to_crop(photo.pixels, faces[0].transform(resolution), resolution))
+    if not crops:
+        raise ValueError(f"no faces found in {data}")
+    return np.stack(crops), "photo folder (detected and aligned)", missed
+
+
+def write_grid(model: torch.nn.Module, crops: np.ndarray, path: Path, latent_dim: int) -> None:
+    from PIL import Image
+
+    k = min(8, len(crops))
+    x = to_tensor(crops[:k])
+    g = torch.Generator().manual_seed(7)
+    with torch.inference_mode():
+        z = model.encode(x)  # type: ignore[operator]
+        recon = model.decode(z)  # type: ignore[operator]
+        samples = model.decode(torch.randn(k, latent_dim, generator=g))  # type: ignore[operator]
+        w = torch.linspace(0, 1, k).view(-1, 1)
+        inter = model.decode(z[0:1] * (1 - w) + z[min(1, k - 1):min(1, k - 1) + 1] * w)  # type: ignore[operator]
+    rows = [torch.cat(list(t), 2) for t in (x, recon, samples, inter)]
+    Image.fromarray(to_uint8(torch.cat(rows, 1))).resize(
+        (k * 128, 4 * 128), Image.Resampling.NEAREST if crops.shape[1] < 128 else Image.Resampling.BILINEAR
+    ).save(path)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, object]:
+    from engine.pipeline import Engine
+
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    if getattr(args, "attributes", False):
+        from engine.attribute_learning import evaluate_attributes
+
+        return evaluate_attributes(args)
+    engine = Engine.load(args.weights, args.device)
+    model = engine.loaded.model
+    res = engine.loaded.config.resolution
+    crops, source, missed = load_eval_crops(Path(args.data), res, args.n)
+    t0 = time.perf_counter()
+    out: dict[str, object] = {"n": int(len(crops)), "source": source, "weights": str(engine.loaded.path),
+                              "model_id": engine.loaded.model_id, "resolution": res}
+    if missed:
+        out["skipped_no_face"] = missed
+    out.update(reconstruction_metrics(model, crops))
+    n_brush = min(len(crops), getattr(args, "brush_n", 24))
+    rule = BrushRule(getattr(args, "rule", "adam"))
+    out.update(brush_metrics(engine, crops[:n_brush], rule))
+    out["brush_n"] = n_brush
+    grid = Path(args.grid)
+    write_grid(model, crops, grid, engine.loaded.config.latent_dim)
+    out["grid"] = str(grid)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
