@@ -78,11 +78,11 @@ class PhotoCanvas(QWidget):
 
     # ---- geometry ---------------------------------------------------------------------
     def _image_rect(self) -> QRectF:
-        """Where the image sits in the widget (centred, never enlarged past the widget)."""
+        """Where the image sits in the widget: centred, as large as fits."""
         if self._image is None:
             return QRectF()
         iw, ih = self._image.width(), self._image.height()
-        f = min(self.width() / iw, self.height() / ih, 1.0) if iw and ih else 1.0
+        f = min(self.width() / iw, self.height() / ih) if iw and ih else 1.0
         w, h = iw * f, ih * f
         return QRectF((self.width() - w) / 2, (self.height() - h) / 2, w, h)
 

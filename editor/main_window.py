@@ -84,8 +84,10 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.canvas)
         self.latent = LatentView()
         self.attributes = AttributePanel()
-        self._dock("Latent canvas", self.latent, Qt.DockWidgetArea.RightDockWidgetArea)
-        self._dock("Attributes", self.attributes, Qt.DockWidgetArea.RightDockWidgetArea)
+        latent_dock = self._dock("Latent canvas", self.latent, Qt.DockWidgetArea.RightDockWidgetArea)
+        attr_dock = self._dock("Attributes", self.attributes, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.resizeDocks([latent_dock, attr_dock], [330, 330], Qt.Orientation.Horizontal)
+        self.resizeDocks([latent_dock, attr_dock], [330, 470], Qt.Orientation.Vertical)
         self.status_engine = QLabel("starting the model...")
         self.status_timing = QLabel("")
         self.statusBar().addPermanentWidget(self.status_timing)
@@ -245,6 +247,7 @@ class MainWindow(QMainWindow):
         self.attributes.changed.connect(lambda v: self._send(rq.SetSliders, values=tuple(sorted(v.items()))))
         self.attributes.committed.connect(
             lambda v: self._send(rq.SetSliders, values=tuple(sorted(v.items())), commit=True))
+        self.attributes.conditional_changed.connect(lambda on: self._send(rq.SetConditional, on=on))
 
     # ---- settings binding ------------------------------------------------------------------
     def _apply_settings(self, s: Settings) -> None:
@@ -427,6 +430,9 @@ class MainWindow(QMainWindow):
             res = a.info.get("resolution")
             self.status_engine.setText(f"{'GPU' if dev.startswith('cuda') else 'CPU'} ({dev}) | "
                                        f"model {a.info.get('model_id')} {res}x{res}")
+        elif isinstance(a, rq.Thumbnails):
+            if a.generation >= self.generation:
+                self.attributes.set_thumbnails(a.strips)
         elif isinstance(a, rq.Progress):
             self.statusBar().showMessage(a.text)
         elif isinstance(a, rq.Done):

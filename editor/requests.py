@@ -74,6 +74,11 @@ class SetLatent(Request):
 
 
 @dataclass(frozen=True)
+class SetConditional(Request):
+    on: bool = True  # sliders hold correlated attributes fixed
+
+
+@dataclass(frozen=True)
 class Undo(Request):
     pass
 
@@ -167,6 +172,14 @@ class Ready:
 
     info: dict[str, object] = field(default_factory=dict)
     attributes: tuple[tuple[str, str, str], ...] = ()  # name, label, quality
+
+
+@dataclass(frozen=True)
+class Thumbnails:
+    """Per unlabelled direction, a strip of the current face moved along it (uint8 h, w, 3)."""
+
+    generation: int
+    strips: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

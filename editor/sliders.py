@@ -6,6 +6,7 @@ import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
+    QCheckBox,
     QGridLayout,
     QLabel,
     QPushButton,
@@ -25,6 +26,7 @@ LIMIT = 3.0
 class AttributePanel(QWidget):
     changed = Signal(object)  # dict name -> value, while dragging
     committed = Signal(object)  # dict name -> value, on release / reset
+    conditional_changed = Signal(bool)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -38,16 +40,27 @@ class AttributePanel(QWidget):
         scroll.setWidget(self._inner)
         self.reset_all = QPushButton("Reset all sliders")
         self.reset_all.clicked.connect(self._reset_all)
+        self.conditional = QCheckBox("Hold correlated attributes fixed")
+        self.conditional.setChecked(True)
+        self.conditional.setToolTip("E.g. gray hair without ageing the face, makeup without changing gender")
+        self.conditional.toggled.connect(self.conditional_changed.emit)
+        self.strips: dict[str, QLabel] = {}
         self.empty = QLabel("This model has no attribute directions.")
         self.empty.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.empty)
         layout.addWidget(scroll, 1)
+        layout.addWidget(self.conditional)
         layout.addWidget(self.reset_all)
 
-    def set_attributes(self, attributes: tuple[tuple[str, str, str], ...],
-                       thumbnails: dict[str, np.ndarray] | None = None) -> None:
+    def set_thumbnails(self, strips: dict[str, np.ndarray]) -> None:
+        """Show what each unlabelled direction changes (a strip of faces, -2 to +2)."""
+        for name, strip in strips.items():
+            if name in self.strips:
+                self.strips[name].setPixmap(QPixmap.fromImage(qimage_from_array(strip)))
+
+    def set_attributes(self, attributes: tuple[tuple[str, str, str], ...]) -> None:
         """(name, label, quality) per slider; 'weak' ones are marked."""
         while self._grid.count():
             item = self._grid.takeAt(0)
@@ -55,6 +68,7 @@ class AttributePanel(QWidget):
                 item.widget().deleteLater()
         self.sliders.clear()
         self.values_labels.clear()
+        self.strips.clear()
         self.empty.setVisible(not attributes)
         for row, (name, label, quality) in enumerate(attributes):
             text = label + (" (weak)" if quality == "weak" else "")
@@ -79,11 +93,11 @@ class AttributePanel(QWidget):
             self._grid.addWidget(s, 2 * row, 1)
             self._grid.addWidget(value, 2 * row, 2)
             self._grid.addWidget(reset, 2 * row, 3)
-            if thumbnails and name in thumbnails:
+            if name.startswith("pc"):
                 strip = QLabel()
-                strip.setPixmap(QPixmap.fromImage(qimage_from_array(thumbnails[name])))
-                strip.setToolTip(f"What {label} changes, from -2 to +2")
+                strip.setToolTip(f"What {label.lower()} changes on this face, from -2 to +2")
                 self._grid.addWidget(strip, 2 * row + 1, 0, 1, 4)
+                self.strips[name] = strip
             self.sliders[name] = s
             self.values_labels[name] = value
 

@@ -211,6 +211,7 @@ class EngineWorker:
             self._emit(rq.Opened(req.id, req.generation, session.photo.name, req.path, session.photo.size,
                                  tuple(_face_info(f) for f in faces), self.face_index, not faces,
                                  (time.perf_counter() - t0) * 1000))
+            self._emit_thumbnails()
             return True
         if isinstance(req, rq.OpenSession):
             from engine.document import load_session
@@ -219,6 +220,7 @@ class EngineWorker:
             self._install(session, faces, face_index)
             self._emit(rq.Opened(req.id, req.generation, session.photo.name, req.path, session.photo.size,
                                  tuple(_face_info(f) for f in faces), face_index, not faces, 0.0))
+            self._emit_thumbnails()
             return True
         s = self._need_session()
         if isinstance(req, rq.ChooseFace):
@@ -226,6 +228,7 @@ class EngineWorker:
                 raise ValueError(f"there is no face {req.index}")
             self.face_index = req.index
             s.set_face(self.faces[req.index])
+            self._emit_thumbnails()
             return True
         if isinstance(req, rq.PlaceFace):
             x0, y0, x1, y1 = req.rect
@@ -253,6 +256,10 @@ class EngineWorker:
             s.set_sliders(dict(req.values))
             if req.commit:
                 s.commit()
+            return True
+        if isinstance(req, rq.SetConditional):
+            s.attributes.set_conditional(req.on)
+            s.invalidate()
             return True
         if isinstance(req, rq.SetLatent):
             s.set_latent(np.asarray(req.values, dtype=np.float32))
@@ -285,6 +292,29 @@ class EngineWorker:
                 self._emit(rq.Done(req.id, f"saved session {Path(req.path).name}", req.path))
             return False
         raise ValueError(f"unknown request {type(req).__name__}")
+
+    def _emit_thumbnails(self, values: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0), size: int = 48) -> None:
+        """Strips of the current face moved along each unlabelled direction."""
+        s = self.session
+        if s is None:
+            return
+        import cv2
+
+        from engine.edit import render
+        from engine.images import to_uint8
+
+        strips = {}
+        with torch.inference_mode():
+            for a in s.attributes.visible():
+                if a.kind != "pca":
+                    continue
+                d = s.attributes.direction(a.name).to(s.device) * a.step
+                zs = torch.cat([s.z0 + v * d for v in values])
+                shown, _ = render(s.x.expand(len(values), -1, -1, -1), s.recon0, s.decoder(zs))
+                tiles = [cv2.resize(t, (size, size), interpolation=cv2.INTER_AREA) for t in to_uint8(shown)]
+                strips[a.name] = np.concatenate(tiles, axis=1)
+        if strips:
+            self._emit(rq.Thumbnails(self.generation, strips))
 
     def _install(self, session: EditSession, faces: list[Face], face_index: int) -> None:
         self.session = session

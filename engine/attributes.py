@@ -72,6 +72,14 @@ class AttributeSet:
                 d = d / n
         return d
 
+    @property
+    def conditional(self) -> bool:
+        return not self.hold
+
+    def set_conditional(self, on: bool) -> None:
+        """On (default): each slider holds its correlated attributes fixed. Off: plain directions."""
+        self.hold = {} if on else {a.name: () for a in self.attributes}
+
     def offset(self, values: dict[str, float]) -> torch.Tensor:
         """Sum of value * step * direction over the given sliders, shape (D,)."""
         out = torch.zeros(self.latent_dim)

@@ -85,6 +85,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     strokes = [parse_stroke(s) for s in args.stroke or []]
     attrs = dict(parse_attr(a) for a in args.attr or [])
     engine = Engine.load(args.weights, args.device)
+    engine.attributes.set_conditional(not args.independent)
     session, faces = open_session(engine, args.photo, args.face)
     for name in attrs:
         engine.attributes.index(name)  # unknown names fail before any work
@@ -193,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stroke", action="append", help="'#RRGGBB:RADIUS:x1,y1;x2,y2;...' in photo pixels")
     p.add_argument("--attr", action="append", help="NAME=VALUE slider setting, e.g. smiling=1.5")
     p.add_argument("--face", type=int, help="which detected face (0 = the largest)")
+    p.add_argument("--independent", action="store_true",
+                   help="sliders move along their plain directions (default: correlated attributes held fixed)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
     p.add_argument("--force", action="store_true", help="allow overwriting the input photo")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -219,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=500, help="faces to evaluate (default 500)")
     p.add_argument("--grid", default="eval-grid.png", help="where to write the image grid")
     p.add_argument("--attributes", action="store_true", help="evaluate the attribute sliders instead")
+    p.add_argument("--alignment", action="store_true", help="evaluate face detection and eye alignment instead")
     p.add_argument("--rule", default="adam", choices=("adam", "sgd2016"), help="brush update rule to measure")
     p.add_argument("--brush-n", type=int, default=24, help="faces to replay the brush strokes on")
     p.add_argument("--threads", type=int, default=0)

@@ -68,8 +68,8 @@ def list_items(data_dir: Path, sets: tuple[str, ...]) -> tuple[list[Item], list[
     id_file = data_dir / "celeba" / "identity_CelebA.txt"
     if id_file.exists():
         for line in id_file.read_text().splitlines():
-            f, _, p = line.partition(" ")
-            ident[f] = p.strip()
+            fname, _, person = line.partition(" ")
+            ident[fname] = person.strip()
     if "celeba" in sets:
         for p in sorted((data_dir / "celeba" / "images").glob("*.jpg")):
             items.append(Item("celeba", f"celeba/images/{p.name}", "celeba:" + ident.get(p.name, p.name),
@@ -119,7 +119,9 @@ def build_cache(data_dir: Path, size: int, sets: tuple[str, ...] = ("celeba", "l
         if meta.get("version") == CACHE_VERSION and tuple(meta.get("sets", ())) == tuple(sets):
             return out
     if locate is None:
-        from engine.faces import locate_eyes as locate
+        from engine.faces import locate_eyes
+
+        locate = locate_eyes
     items, names = list_items(data_dir, sets)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "images.tmp.npy"

@@ -18,6 +18,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,12 +45,13 @@ def session_bytes(session: EditSession, faces: list[Face], face_index: int) -> b
     if face not in all_faces:
         all_faces.append(face)
         face_index = len(all_faces) - 1
+    photo_file = f"photo.{ext}"
     meta = {
         "format_version": SESSION_FORMAT,
         "model_id": session.model.model_id,
         "latent_dim": session.latent_dim,
         "photo_name": photo.name,
-        "photo_file": f"photo.{ext}",
+        "photo_file": photo_file,
         "faces": [f.to_dict() for f in all_faces],
         "face_index": face_index,
         "history": [{"sliders": [[k, v] for k, v in snap.sliders]} for snap in session.history],
@@ -61,7 +63,7 @@ def session_bytes(session: EditSession, faces: list[Face], face_index: int) -> b
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
         z.writestr("session.json", json.dumps(meta, indent=2))
-        z.writestr(meta["photo_file"], photo.file_bytes)
+        z.writestr(photo_file, photo.file_bytes)
         z.writestr("latents.safetensors", st_save(tensors))
     return buf.getvalue()
 
@@ -71,7 +73,7 @@ def save_session(session: EditSession, path: str | Path, faces: list[Face], face
     atomic_write(path, session_bytes(session, faces, face_index))
 
 
-def read_session(data: bytes, name: str = "session") -> tuple[dict[str, object], bytes, dict[str, torch.Tensor]]:
+def read_session(data: bytes, name: str = "session") -> tuple[dict[str, Any], bytes, dict[str, torch.Tensor]]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             meta = json.loads(z.read("session.json"))
@@ -103,11 +105,11 @@ def load_session(engine: object, path: str | Path) -> tuple[EditSession, list[Fa
         )
     photo = decode_photo(photo_bytes, str(meta.get("photo_name", p.stem)))
     try:
-        faces = [Face.from_dict(f) for f in meta["faces"]]  # type: ignore[union-attr]
-        face_index = int(meta["face_index"])  # type: ignore[call-overload]
+        faces = [Face.from_dict(f) for f in meta["faces"]]
+        face_index = int(meta["face_index"])
         face = faces[face_index]
-        history_meta = list(meta["history"])  # type: ignore[call-overload]
-        position = int(meta["position"])  # type: ignore[call-overload]
+        history_meta = list(meta["history"])
+        position = int(meta["position"])
         z0 = tensors["z0"].numpy()
         history = [
             Snapshot(tensors[f"history.{i}"].numpy().astype(np.float32),

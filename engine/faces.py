@@ -51,7 +51,7 @@ _cascades: dict[str, cv2.CascadeClassifier] = {}
 
 def _cascade(name: str) -> cv2.CascadeClassifier:
     if name not in _cascades:
-        c = cv2.CascadeClassifier(cv2.data.haarcascades + name)
+        c = cv2.CascadeClassifier(cv2.data.haarcascades + name)  # type: ignore[attr-defined]
         if c.empty():
             raise RuntimeError(f"OpenCV's {name} is missing from the installed opencv-python-headless")
         _cascades[name] = c

@@ -89,7 +89,7 @@ def decode_photo(data: bytes, name: str = "untitled") -> Photo:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # odd metadata is not the user's problem
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ImageError(

@@ -47,6 +47,13 @@ class EyeNet(nn.Module):
         return self.head(self.features(x))
 
 
+def _read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise OSError(f"cannot read {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def _crop_gray(pixels: np.ndarray, transform: np.ndarray) -> np.ndarray:
     gray = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) if pixels.ndim == 3 else pixels
     crop = align.warp_to_crop(gray[..., None], transform, INPUT)[..., 0]
@@ -72,13 +79,12 @@ class EyeRefiner:
         return eyes
 
 
-_refiner: EyeRefiner | None | bool = None
+_refiner: list[EyeRefiner | None] = []  # loaded once: [refiner] or [None]
 
 
 def default_refiner() -> EyeRefiner | None:
     """The shipped refiner, or None when its weights are absent (the cascade alone is used)."""
-    global _refiner
-    if _refiner is None:
+    if not _refiner:
         from engine.checkpoint import DEFAULT_MODEL_DIR, ModelError, read_tensors
 
         path = Path(os.environ.get("NPE_LANDMARKS", DEFAULT_MODEL_DIR / WEIGHTS))
@@ -86,10 +92,10 @@ def default_refiner() -> EyeRefiner | None:
             meta = json.loads(path.with_suffix(".json").read_text())
             net = EyeNet(int(meta.get("width", 24)))
             net.load_state_dict(read_tensors(path))
-            _refiner = EyeRefiner(net)
+            _refiner.append(EyeRefiner(net))
         except (OSError, ValueError, ModelError, RuntimeError, KeyError):
-            _refiner = False
-    return _refiner or None
+            _refiner.append(None)
+    return _refiner[0]
 
 
 # ---- training ----------------------------------------------------------------------
@@ -146,7 +152,7 @@ def train_landmarks(data_dir: Path, out_dir: Path, steps: int = 3000, batch: int
     bar = tqdm(range(steps), disable=not log, desc="training eye landmarks")
     for _step in bar:
         pick = rng.choice(len(train_items), batch // 4, replace=False)
-        imgs = [cv2.cvtColor(cv2.imread(str(data_dir / train_items[i].file)), cv2.COLOR_BGR2RGB) for i in pick]
+        imgs = [_read_rgb(data_dir / train_items[i].file) for i in pick]
         x, y = make_examples(imgs, rng, 4)
         loss = nn.functional.smooth_l1_loss(net(torch.from_numpy(x)), torch.from_numpy(y), beta=0.01)
         opt.zero_grad()

@@ -186,6 +186,10 @@ class EditSession:
         self.z_base = zt - self.slider_offset()
         self._render = None
 
+    def invalidate(self) -> None:
+        """Forget the cached render (after a change the session cannot see, e.g. slider mode)."""
+        self._render = None
+
     def set_sliders(self, values: dict[str, float]) -> None:
         unknown = set(values) - set(self.attributes.names)
         if unknown:

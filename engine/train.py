@@ -105,9 +105,10 @@ class Trainer:
         torch.manual_seed(opts.seed)
         # channels-last: 1.4x faster convolutions on the CPU (measured), fine on GPUs
         cl = torch.channels_last
-        self.model = FaceModel(self.cfg).to(self.device, memory_format=cl)
-        self.disc = Discriminator(self.cfg).to(self.device, memory_format=cl)
-        self.ema = FaceModel(self.cfg).to(self.device, memory_format=cl).eval().requires_grad_(False)
+        self.model = FaceModel(self.cfg).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
+        self.disc = Discriminator(self.cfg).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
+        self.ema = FaceModel(self.cfg).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
+        self.ema.eval().requires_grad_(False)
         self.ema.load_state_dict(self.model.state_dict())
         betas = (opts.beta1, 0.999)
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=betas)
@@ -115,10 +116,13 @@ class Trainer:
         self.noise = torch.Generator(device=self.device)
         self.noise.manual_seed(opts.seed * 1000 + self.rank)
         self.step = 0
+        self.enc: nn.Module
+        self.dec: nn.Module
+        self.disc_ddp: nn.Module
         if self.world > 1:
             self.enc = DDP(self.model.encoder)
             self.dec = DDP(self.model.decoder)
-            self.disc_ddp: nn.Module = DDP(self.disc)
+            self.disc_ddp = DDP(self.disc)
         else:
             self.enc, self.dec, self.disc_ddp = self.model.encoder, self.model.decoder, self.disc
 

@@ -49,10 +49,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = make_tiny_model()
     checkpoint.save_model(model, d, model_id="tiny-test")
     g = torch.Generator().manual_seed(3)
-    dirs = torch.randn(2, TINY.latent_dim, generator=g)
+    dirs = torch.randn(3, TINY.latent_dim, generator=g)
     dirs = dirs / dirs.norm(dim=1, keepdim=True)
-    AttributeSet([Attribute("smiling", "Smiling", 1.0), Attribute("eyeglasses", "Eyeglasses", 1.0, quality="weak")],
-                 dirs).save(d)
+    AttributeSet([Attribute("smiling", "Smiling", 1.0, default_hold=("eyeglasses",)),
+                  Attribute("eyeglasses", "Eyeglasses", 1.0, quality="weak"),
+                  Attribute("pc1", "Latent direction 1", 2.0, kind="pca")], dirs).save(d)
     return d
 
 

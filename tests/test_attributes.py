@@ -17,10 +17,10 @@ from tests.conftest import TINY, make_tiny_model
 
 def test_directions_round_trip_and_match_the_latent_size(tiny_model_dir: Path, tmp_path: Path) -> None:
     attrs = AttributeSet.load(tiny_model_dir, TINY.latent_dim)
-    assert attrs.names == ["smiling", "eyeglasses"]
-    assert attrs.directions.shape == (2, TINY.latent_dim)
-    assert torch.allclose(attrs.directions.norm(dim=1), torch.ones(2))
-    assert [a.name for a in attrs.visible()] == ["smiling", "eyeglasses"]
+    assert attrs.names == ["smiling", "eyeglasses", "pc1"]
+    assert attrs.directions.shape == (3, TINY.latent_dim)
+    assert torch.allclose(attrs.directions.norm(dim=1), torch.ones(3))
+    assert [a.name for a in attrs.visible()] == ["smiling", "eyeglasses", "pc1"]
     with pytest.raises(ModelError, match="latent size"):
         AttributeSet.load(tiny_model_dir, TINY.latent_dim + 1)
     d = tmp_path / "m"
@@ -71,7 +71,8 @@ def test_label_holds_find_correlated_attributes() -> None:
     names = ["Male", "No_Beard", "Young", "Smiling"]
     labels = np.stack([male, beard, young, rng.choice([-1, 1], 500)], 1).astype(np.int8)
     holds = label_holds(labels, names)
-    assert "male" in holds["beard"] and "age" not in holds["beard"]
+    assert "male" in holds["beard"]
+    assert "age" not in holds["beard"]
 
 
 def test_pca_directions_are_orthonormal_and_sorted() -> None:

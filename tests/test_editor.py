@@ -101,6 +101,23 @@ def test_sliders_preview_and_commit(qtbot, window: MainWindow) -> None:
     assert frame.edited
 
 
+def test_unlabelled_directions_show_what_they_change(qtbot, window: MainWindow) -> None:
+    strip = window.attributes.strips["pc1"]
+    qtbot.waitUntil(lambda: strip.pixmap() is not None and not strip.pixmap().isNull(), timeout=TIMEOUT)
+    assert strip.pixmap().width() == 5 * strip.pixmap().height()
+
+
+def test_conditional_toggle_changes_the_slider_direction(qtbot, window: MainWindow) -> None:
+    window.attributes.sliders["smiling"].setValue(200)
+    held = _wait_frame(qtbot, window, lambda f: dict(f.sliders).get("smiling") == 2.0).latent.copy()
+    window.attributes.conditional.setChecked(False)
+    plain = _wait_frame(qtbot, window, lambda f: not np.array_equal(f.latent, held)).latent
+    d = window.worker.session.attributes.directions
+    # without holding, the change from the encoding is exactly along the stored direction
+    change = plain.ravel() - window.worker.session.z0[0].numpy()
+    assert np.allclose(change, 2.0 * d[0].numpy(), atol=1e-5)
+
+
 def test_latent_canvas_painting_sets_tiles(qtbot, window: MainWindow) -> None:
     window.latent.magnitude.setValue(20)
     window.latent.paint_at(0, 0, 1.0, finished=True)

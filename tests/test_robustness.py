@@ -100,7 +100,8 @@ def test_loader_gives_a_photo_or_the_clear_error(case: str, tmp_path: Path) -> N
     expected = CORPUS[case][2]
     if expected is None:
         photo = load_photo(path)
-        assert photo.pixels.dtype == np.uint8 and photo.pixels.shape[2] == 3
+        assert photo.pixels.dtype == np.uint8
+        assert photo.pixels.shape[2] == 3
     else:
         with pytest.raises(ImageError, match=expected):
             load_photo(path)
@@ -115,10 +116,13 @@ def test_cli_edit_exits_cleanly_for_every_case(case: str, tmp_path: Path, tiny_m
                "--stroke", "#202020:5:20,20;40,25"])
     err = capsys.readouterr().err
     if CORPUS[case][2] is None:
-        assert rc == 0 and out.exists()
+        assert rc == 0
+        assert out.exists()
     else:
-        assert rc == 2 and not out.exists()
-        assert len(err.strip().splitlines()) == 1 and CORPUS[case][2] in err
+        assert rc == 2
+        assert not out.exists()
+        assert len(err.strip().splitlines()) == 1
+        assert CORPUS[case][2] in err
 
 
 def test_cli_align_without_a_face_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,7 +130,8 @@ def test_cli_align_without_a_face_is_one_line(tmp_path: Path, capsys: pytest.Cap
     Image.new("RGB", (200, 200), (120, 120, 120)).save(p)
     assert main(["align", str(p), "-o", str(tmp_path / "c.png")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no face" in err
+    assert len(err.splitlines()) == 1
+    assert "no face" in err
 
 
 def test_a_file_removed_while_open_loses_nothing(engine: Engine, face_photo: Path, tmp_path: Path) -> None:
@@ -172,7 +177,8 @@ def test_fuzz_random_bytes(data: bytes) -> None:
         photo = decode_photo(data, "fuzz")
     except ImageError:
         return
-    assert isinstance(photo, Photo) and photo.pixels.ndim == 3
+    assert isinstance(photo, Photo)
+    assert photo.pixels.ndim == 3
 
 
 _SEEDS = [_save(_face_like(48), "PNG"), _save(_face_like(48), "JPEG"), _save(_face_like(48), "GIF"),
@@ -191,7 +197,8 @@ def test_fuzz_mutated_images(seed: bytes, flips: list[tuple[int, int]], cut: int
         photo = decode_photo(bytes(data), "fuzz")
     except ImageError:
         return
-    assert photo.pixels.dtype == np.uint8 and photo.pixels.shape[2] == 3
+    assert photo.pixels.dtype == np.uint8
+    assert photo.pixels.shape[2] == 3
 
 
 def test_ten_thousand_brush_samples_through_the_worker(tiny_model_dir: Path, face_photo: Path) -> None:

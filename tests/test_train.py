@@ -48,12 +48,15 @@ def test_training_writes_options_grids_and_a_loadable_model(tmp_path: Path) -> N
     data = make_cache(tmp_path / "data")
     out = train(tiny_options(data, tmp_path / "run"))
     opts = json.loads((out / "options.json").read_text())
-    assert opts["steps"] == 4 and opts["resolution"] == 32
+    assert opts["steps"] == 4
+    assert opts["resolution"] == 32
     assert (out / "grid-0000002.png").exists()
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert len(logs) == 4 and all(np.isfinite(v) for row in logs for v in row.values())
+    assert len(logs) == 4
+    assert all(np.isfinite(v) for row in logs for v in row.values())
     loaded = load_model(out / "model")
-    assert loaded.config.latent_dim == 16 and loaded.meta["trained_steps"] == 4
+    assert loaded.config.latent_dim == 16
+    assert loaded.meta["trained_steps"] == 4
 
 
 def test_resume_is_exact(tmp_path: Path) -> None:
