@@ -36,23 +36,20 @@ class _TileItem(pg.ImageItem):
         super().__init__()
         self.owner = owner
 
-    def mouseDragEvent(self, ev: pg.GraphicsScene.mouseEvents.MouseDragEvent) -> None:  # noqa: N802
-        if ev.button() not in (Qt.MouseButton.LeftButton, Qt.MouseButton.RightButton):
-            ev.ignore()
+    def _paint(self, ev: object, finished: bool) -> None:
+        if ev.button() not in (Qt.MouseButton.LeftButton, Qt.MouseButton.RightButton):  # type: ignore[attr-defined]
+            ev.ignore()  # type: ignore[attr-defined]
             return
-        ev.accept()
-        sign = -1.0 if ev.button() == Qt.MouseButton.RightButton else 1.0
-        p = ev.pos()
-        self.owner.paint_at(int(p.y()), int(p.x()), sign, finished=ev.isFinish())
+        ev.accept()  # type: ignore[attr-defined]
+        sign = -1.0 if ev.button() == Qt.MouseButton.RightButton else 1.0  # type: ignore[attr-defined]
+        p = ev.pos()  # type: ignore[attr-defined]
+        self.owner.paint_at(int(p.y()), int(p.x()), sign, finished=finished)
+
+    def mouseDragEvent(self, ev: pg.GraphicsScene.mouseEvents.MouseDragEvent) -> None:  # noqa: N802
+        self._paint(ev, ev.isFinish())
 
     def mouseClickEvent(self, ev: pg.GraphicsScene.mouseEvents.MouseClickEvent) -> None:  # noqa: N802
-        if ev.button() not in (Qt.MouseButton.LeftButton, Qt.MouseButton.RightButton):
-            ev.ignore()
-            return
-        ev.accept()
-        sign = -1.0 if ev.button() == Qt.MouseButton.RightButton else 1.0
-        p = ev.pos()
-        self.owner.paint_at(int(p.y()), int(p.x()), sign, finished=True)
+        self._paint(ev, True)
 
 
 class LatentView(QWidget):

@@ -123,19 +123,18 @@ class AttributePanel(QWidget):
     def _released(self) -> None:
         self.committed.emit(self.values())
 
-    def _reset_one(self, name: str) -> None:
+    def _zero(self, name: str) -> None:
         s = self.sliders[name]
         s.blockSignals(True)
         s.setValue(0)
         s.blockSignals(False)
         self.values_labels[name].setText("+0.00")
+
+    def _reset_one(self, name: str) -> None:
+        self._zero(name)
         self.committed.emit(self.values())
 
     def _reset_all(self) -> None:
         for name in self.sliders:
-            s = self.sliders[name]
-            s.blockSignals(True)
-            s.setValue(0)
-            s.blockSignals(False)
-            self.values_labels[name].setText("+0.00")
+            self._zero(name)
         self.committed.emit(self.values())

@@ -275,17 +275,14 @@ def quality_of(r: dict[str, float]) -> str:
 
 
 def learn_attributes(args: argparse.Namespace) -> dict[str, object]:
-    from engine.data import AlignedFaces, build_cache
+    from engine.data import AlignedFaces, aligned_cache
     from engine.pipeline import Engine
 
     t0 = time.perf_counter()
     engine = Engine.load(args.weights, "cpu")
     model_dir = Path(args.out) if args.out else engine.loaded.path
     res = engine.loaded.config.resolution
-    data = Path(args.data)
-    cache = data / f"aligned-{res}"
-    if not (cache / "meta.json").exists():
-        cache = build_cache(data, res)
+    cache = aligned_cache(Path(args.data), res)
     train = AlignedFaces(cache, split="train", sets=("celeba",))
     test = AlignedFaces(cache, split="test", sets=("celeba",))
     names = train.attribute_names
@@ -352,15 +349,12 @@ class _Subset:
 
 
 def evaluate_attributes(args: argparse.Namespace) -> dict[str, object]:
-    from engine.data import AlignedFaces, build_cache
+    from engine.data import AlignedFaces, aligned_cache
     from engine.pipeline import Engine
 
     engine = Engine.load(args.weights, args.device)
     res = engine.loaded.config.resolution
-    data = Path(args.data)
-    cache = data / f"aligned-{res}"
-    if not (cache / "meta.json").exists():
-        cache = build_cache(data, res)
+    cache = aligned_cache(Path(args.data), res)
     test = AlignedFaces(cache, split="test", sets=("celeba",))
     judge, names = load_judge(engine.loaded.path)
     report = judge_sliders(engine, engine.attributes, judge, names, test, n=args.n)

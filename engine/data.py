@@ -160,6 +160,17 @@ def build_cache(data_dir: Path, size: int, sets: tuple[str, ...] = ("celeba", "l
     return out
 
 
+def aligned_cache(data_dir: Path, size: int) -> Path:
+    """The aligned cache for ``size``: the one already built, else built from the sets present."""
+    cache = data_dir / f"aligned-{size}"
+    if (cache / "meta.json").exists():
+        return cache
+    sets = tuple(s for s in ("celeba", "lfw") if (data_dir / s).is_dir())
+    if not sets:
+        raise ValueError(f"{data_dir} holds no prepared face sets (celeba/, lfw/): run shared/data/prepare.sh")
+    return build_cache(data_dir, size, sets)
+
+
 class AlignedFaces:
     """The aligned cache of one resolution, memory-mapped."""
 

@@ -147,13 +147,9 @@ def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = No
 def load_eval_crops(data: Path, resolution: int, n: int) -> tuple[np.ndarray, str, int]:
     """Held-out aligned faces from prepared data, or detected+aligned faces from a plain folder."""
     if (data / "celeba").is_dir() or any(data.glob("aligned-*/meta.json")):
-        from engine.data import AlignedFaces, build_cache
+        from engine.data import AlignedFaces, aligned_cache
 
-        sets = ("celeba", "lfw") if (data / "lfw").is_dir() else ("celeba",)
-        cache = data / f"aligned-{resolution}"
-        if not (cache / "meta.json").exists():
-            cache = build_cache(data, resolution, sets)
-        test = AlignedFaces(cache, split="test")
+        test = AlignedFaces(aligned_cache(data, resolution), split="test")
         rows = np.linspace(0, len(test) - 1, min(n, len(test))).astype(int)
         return test.images(rows), "held-out split", 0
     from engine.images import READABLE_SUFFIXES, ImageError
