@@ -374,7 +374,9 @@ class MainWindow(QMainWindow):
         if self.opened is None:
             return
         src = Path(self.opened.path)
-        suggestion = str(src.with_name(src.stem + "-edited.png"))
+        if src.suffix.lower() == ".npe":  # a session (or a restored autosave): name it after the photo
+            src = Path.home() / self.opened.name
+        suggestion = str(src.with_name(Path(src.name).stem + "-edited.png"))
         path, _ = QFileDialog.getSaveFileName(self, "Export the edited photo", suggestion, EXPORT_FILTER)
         if path:
             if not Path(path).suffix:
@@ -464,7 +466,8 @@ class MainWindow(QMainWindow):
         self.document_path = o.path
         self.export_path = None
         self.exported_state = True
-        self.settings.add_recent_file(o.path)
+        if Path(o.path).parent != recovery.autosave_dir():
+            self.settings.add_recent_file(o.path)
         n = len(o.faces)
         if o.no_face:
             msg = (f"No face was found in {o.name}; the whole image is used. "

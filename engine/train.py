@@ -44,17 +44,17 @@ class TrainOptions:
     out: str = "runs/default"
     resolution: int = 64
     latent_dim: int = 256
-    decoder_channels: str = "512,256,128,64,32"
+    decoder_channels: str = "384,192,96,48,24"
     encoder_channels: str = "32,64,128,256"
-    discriminator_channels: str = "32,64,128,256"
-    sets: str = "celeba"
+    discriminator_channels: str = "16,32,64,128"
+    sets: str = "celeba,lfw"
     batch_size: int = 64
     steps: int = 100_000
     lr: float = 2e-4
     beta1: float = 0.5
     w_pix: float = 3.0
     w_feat: float = 1.0
-    w_kl: float = 1e-4
+    w_kl: float = 3e-5
     w_adv: float = 0.1
     adv_ramp_steps: int = 2000
     ema: float = 0.999
@@ -273,8 +273,10 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if o.resume and (self.out / "state.safetensors").exists():
             self.load_state()
-        elif self.rank == 0:
+        if self.rank == 0:  # before any step; a resumed run appends what it was resumed with
             (self.out / "options.json").write_text(json.dumps(asdict(o), indent=2) + "\n")
+            with (self.out / "options-history.jsonl").open("a") as fh:
+                fh.write(json.dumps({"from_step": self.step, **asdict(o)}) + "\n")
         self.load_data()
         self.model.train()
         self.disc.train()
