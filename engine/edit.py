@@ -64,14 +64,22 @@ def check_image(name: str, t: torch.Tensor, resolution: int, channels: int = 3) 
 
 # ---- paint layer -------------------------------------------------------------------
 
-def stamp_segment(alpha: np.ndarray, paint: np.ndarray, p0: tuple[float, float], p1: tuple[float, float],
+def stamp_segment(alpha: np.ndarray, paint: np.ndarray | None, p0: tuple[float, float], p1: tuple[float, float],
                   radius: float, color: np.ndarray) -> None:
     """Paint a round-tipped segment into ``alpha`` (R, R) and ``paint`` (R, R, 3), in place.
 
-    Coordinates are crop pixels; the tip has a soft one-pixel edge.
+    Coordinates are crop pixels; the tip has a soft one-pixel edge. Only the segment's
+    bounding box is touched. ``paint`` may be None (coverage only).
     """
     r_img = alpha.shape[0]
-    ys, xs = np.mgrid[0:r_img, 0:r_img].astype(np.float32)
+    pad = radius + 1.5
+    x0 = max(0, int(np.floor(min(p0[0], p1[0]) - pad)))
+    y0 = max(0, int(np.floor(min(p0[1], p1[1]) - pad)))
+    x1 = min(r_img, int(np.ceil(max(p0[0], p1[0]) + pad)) + 1)
+    y1 = min(r_img, int(np.ceil(max(p0[1], p1[1]) + pad)) + 1)
+    if x1 <= x0 or y1 <= y0:
+        return
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     ax, ay = p0
     bx, by = p1
     dx, dy = bx - ax, by - ay
@@ -82,9 +90,11 @@ def stamp_segment(alpha: np.ndarray, paint: np.ndarray, p0: tuple[float, float],
         t = np.zeros_like(xs)
     dist = np.hypot(xs - (ax + t * dx), ys - (ay + t * dy))
     cover = np.clip(radius + 0.5 - dist, 0.0, 1.0)
-    new = cover > alpha
-    alpha[new] = cover[new]
-    paint[cover > 0] = color
+    region = alpha[y0:y1, x0:x1]
+    new = cover > region
+    region[new] = cover[new]
+    if paint is not None:
+        paint[y0:y1, x0:x1][cover > 0] = color
 
 
 def halo_of(alpha: torch.Tensor, radius_px: float) -> torch.Tensor:
@@ -111,15 +121,22 @@ class BrushOptimizer:
         self.keep_image = keep_image.detach()
         self._adam = torch.optim.Adam([self.z], lr=rule.lr, betas=(0.9, 0.99)) if rule.kind == "adam" else None
 
-    def step(self, decoder: Decoder, paint: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """One update. Returns (the decoder output at z before the update, the paint loss)."""
+    def step(self, decoder: Decoder, paint: torch.Tensor, alpha: torch.Tensor,
+             halo: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        """One update. Returns (the decoder output at z before the update, the paint loss).
+
+        ``halo`` (1, 1, R, R): the stroke widened by ``rule.halo`` radii, if the caller keeps
+        one; otherwise it is computed from ``alpha`` (a max-pool, slower).
+        """
         with torch.enable_grad():
             out = decoder(self.z)
             loss = paint_loss(out, paint, alpha)
             total = loss
             if self.rule.kind == "adam":
                 if self.rule.keep > 0:
-                    outside = 1.0 - halo_of(alpha, self.rule.halo * self.radius_px)
+                    if halo is None:
+                        halo = halo_of(alpha, self.rule.halo * self.radius_px)
+                    outside = 1.0 - halo
                     n_out = outside.sum().clamp_min(1.0) * 3
                     total = total + self.rule.keep * (outside * (out - self.keep_image) ** 2).sum() / n_out
                 if self.rule.prior > 0:

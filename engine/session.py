@@ -44,6 +44,7 @@ class Stroke:
     radius: float  # crop pixels
     alpha: np.ndarray  # (R, R) coverage
     paint: np.ndarray  # (R, R, 3) target colours in [-1, 1]
+    halo: np.ndarray  # (R, R) coverage of the stroke widened by rule.halo radii (not kept outside it)
     optimizer: BrushOptimizer
     last: tuple[float, float] | None = None
     losses: list[float] = field(default_factory=list)
@@ -214,14 +215,16 @@ class EditSession:
             radius=radius,
             alpha=np.zeros((r, r), dtype=np.float32),
             paint=np.zeros((r, r, 3), dtype=np.float32),
+            halo=np.zeros((r, r), dtype=np.float32),
             optimizer=BrushOptimizer(self.z, self.rule, radius, keep),
         )
 
-    def _paint_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _paint_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         assert self.stroke is not None
         paint = torch.from_numpy(self.stroke.paint).permute(2, 0, 1)[None].to(self.device)
         alpha = torch.from_numpy(self.stroke.alpha)[None, None].to(self.device)
-        return paint, alpha
+        halo = torch.from_numpy(self.stroke.halo)[None, None].to(self.device)
+        return paint, alpha, halo
 
     def brush_to(self, points: list[tuple[float, float]]) -> CropRender:
         """Extend the stroke through ``points`` (photo pixels) and take one latent step."""
@@ -231,11 +234,12 @@ class EditSession:
         for px, py in points:
             p = self.photo_to_crop(px, py)
             stamp_segment(s.alpha, s.paint, s.last or p, p, s.radius, s.color)
+            stamp_segment(s.halo, None, s.last or p, p, s.radius * (1 + self.rule.halo), s.color)
             s.last = p
         if not s.alpha.any():  # the stroke is entirely outside the face crop
             return self.render()
-        paint, alpha = self._paint_tensors()
-        generated, loss = s.optimizer.step(self.decoder, paint, alpha)
+        paint, alpha, halo = self._paint_tensors()
+        generated, loss = s.optimizer.step(self.decoder, paint, alpha, halo)
         s.losses.append(loss)
         self.z_base = s.optimizer.z.detach() - self.slider_offset()
         # the preview shows the decoder output computed for this step (one step behind)
@@ -249,9 +253,9 @@ class EditSession:
         if s is None:
             return False
         if s.alpha.any():
-            paint, alpha = self._paint_tensors()
+            paint, alpha, halo = self._paint_tensors()
             for _ in range(refine_steps):
-                _, loss = s.optimizer.step(self.decoder, paint, alpha)
+                _, loss = s.optimizer.step(self.decoder, paint, alpha, halo)
                 s.losses.append(loss)
             self.z_base = s.optimizer.z.detach() - self.slider_offset()
         self.stroke = None
