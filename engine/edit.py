@@ -112,14 +112,32 @@ def paint_loss(image: torch.Tensor, paint: torch.Tensor, alpha: torch.Tensor) ->
 
 
 class BrushOptimizer:
-    """The latent optimiser for one stroke: holds Adam's moments between events."""
+    """The latent optimiser for one stroke: holds Adam's moments between events.
+
+    Adam is written out for this one vector (the update of ``torch.optim.Adam``, betas
+    0.9 / 0.99, eps 1e-8): creating the first ``torch.optim`` optimiser in a process costs
+    about 2 s of imports, which would land on the user's first stroke.
+    """
+
+    BETAS = (0.9, 0.99)
+    EPS = 1e-8
 
     def __init__(self, z: torch.Tensor, rule: BrushRule, radius_px: float, keep_image: torch.Tensor) -> None:
         self.rule = rule
         self.radius_px = radius_px
         self.z = z.detach().clone().requires_grad_(True)
         self.keep_image = keep_image.detach()
-        self._adam = torch.optim.Adam([self.z], lr=rule.lr, betas=(0.9, 0.99)) if rule.kind == "adam" else None
+        self._m = torch.zeros_like(self.z)
+        self._v = torch.zeros_like(self.z)
+        self._t = 0
+
+    def _adam_step(self, grad: torch.Tensor) -> None:
+        b1, b2 = self.BETAS
+        self._t += 1
+        self._m.mul_(b1).add_(grad, alpha=1 - b1)
+        self._v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (self._v / (1 - b2**self._t)).sqrt_().add_(self.EPS)
+        self.z.addcdiv_(self._m, denom, value=-self.rule.lr / (1 - b1**self._t))
 
     def step(self, decoder: Decoder, paint: torch.Tensor, alpha: torch.Tensor,
              halo: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
@@ -144,10 +162,8 @@ class BrushOptimizer:
                     total = total + self.rule.prior * (self.z.norm() - math.sqrt(d)) ** 2 / d
             (grad,) = torch.autograd.grad(total, self.z)
         with torch.no_grad():
-            if self._adam is not None:
-                self.z.grad = grad
-                self._adam.step()
-                self.z.grad = None
+            if self.rule.kind == "adam":
+                self._adam_step(grad)
             else:
                 # Brock et al. 2016: one plain step, size 0.05 * (1 + brush width)
                 self.z -= 0.05 * (1 + self.radius_px) * grad

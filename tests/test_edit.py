@@ -81,3 +81,19 @@ def test_bad_latent_shape_names_the_dimension() -> None:
 
     with pytest.raises(ValueError, match="height 31"):
         check_image("x", torch.zeros(1, 3, 31, 32), 32)
+
+
+def test_written_out_adam_matches_torch_adam() -> None:
+    model = make_tiny_model()
+    z = torch.randn(1, TINY.latent_dim, generator=torch.Generator().manual_seed(4))
+    paint, alpha = _stroke()
+    rule = BrushRule("adam", keep=0.0)
+    ours = BrushOptimizer(z, rule, 3.0, model.decoder(z).detach())
+    ref = z.clone().requires_grad_(True)
+    adam = torch.optim.Adam([ref], lr=rule.lr, betas=BrushOptimizer.BETAS, eps=BrushOptimizer.EPS)
+    for _ in range(5):
+        ours.step(model.decoder, paint, alpha)
+        adam.zero_grad()
+        paint_loss(model.decoder(ref), paint, alpha).backward()
+        adam.step()
+    assert torch.allclose(ours.z.detach(), ref.detach(), atol=1e-6)
