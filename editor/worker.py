@@ -23,9 +23,9 @@ import torch
 from editor import requests as rq
 from engine.checkpoint import ModelError
 from engine.faces import Face, face_from_rect
-from engine.images import ImageError, save_image
+from engine.images import ImageError, save_image, to_uint8
 from engine.pipeline import Engine, NoFaceError, open_session
-from engine.session import EditSession, fit_scale
+from engine.session import CropRender, EditSession, fit_scale
 
 log = logging.getLogger(__name__)
 Answer = object
@@ -301,7 +301,6 @@ class EngineWorker:
         import cv2
 
         from engine.edit import render
-        from engine.images import to_uint8
 
         strips = {}
         with torch.inference_mode():
@@ -348,17 +347,15 @@ class EngineWorker:
         if mode == "original":
             image = base.copy()
         elif mode == "raw":
-            image = s.composite(base, scale, result.__class__(result.generated, result.generated,
-                                                              torch.ones_like(result.mask)), keep_detail=False)
+            raw = CropRender(result.generated, result.generated, torch.ones_like(result.mask))
+            image = s.composite(base, scale, raw, keep_detail=False)
         elif mode == "mask":
             red = -torch.ones_like(result.generated)
             red[:, 0] = 1.0
-            overlay = result.__class__(red, red, result.mask * 0.7)
+            overlay = CropRender(red, red, result.mask * 0.7)
             image = s.composite(base, scale, overlay, keep_detail=False)
         else:
             image = s.composite(base, scale, result)
-        from engine.images import to_uint8
-
         return rq.Frame(
             id=last_id, generation=self.generation, image=image, scale=scale, photo_size=s.photo.size,
             latent=s.latent_grid(), sliders=tuple(sorted(s.sliders.items())), can_undo=s.can_undo,
