@@ -123,6 +123,8 @@ def build_cache(data_dir: Path, size: int, sets: tuple[str, ...] = ("celeba", "l
 
         locate = locate_eyes
     items, names = list_items(data_dir, sets)
+    if not items:
+        raise ValueError(f"{data_dir} holds no images of the sets {', '.join(sets)}: run shared/data/prepare.sh")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "images.tmp.npy"
     images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3))

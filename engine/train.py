@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -248,15 +249,31 @@ class Trainer:
         self.step = int(meta["step"])
 
     # ---- outputs ------------------------------------------------------------------
+    def averaged_model(self) -> FaceModel:
+        """A copy of the EMA model with batch-norm statistics measured for its own weights.
+
+        The running statistics of the live model do not fit the averaged weights (measured:
+        held-out L1 0.344 with copied statistics, 0.119 recalibrated, 0.113 for the live
+        model at step 2000), so they are re-estimated on training batches.
+        """
+        model = FaceModel(self.cfg).to(self.device)
+        model.load_state_dict(self.ema.state_dict())
+        rng = np.random.default_rng([self.opts.seed, self.step, 99])
+        return recalibrate_batchnorm(model, lambda: self._random_batch(rng))
+
+    def _random_batch(self, rng: np.random.Generator) -> torch.Tensor:
+        rows = rng.choice(len(self.train_set), self.opts.batch_size, replace=False)
+        return to_tensor(self.train_set.images(rows)).to(self.device)
+
     @torch.no_grad()
     def write_grids(self) -> None:
         if self.rank != 0:
             return
         from PIL import Image
 
-        self.ema.eval()
-        recon = self.ema.decode(self.ema.encode(self.fixed_x))
-        samples = self.ema.decode(self.fixed_z)
+        model = self.averaged_model()
+        recon = model.decode(model.encode(self.fixed_x))
+        samples = model.decode(self.fixed_z)
         rows = [torch.cat(list(self.fixed_x), 2), torch.cat(list(recon), 2),
                 torch.cat(list(samples[:8]), 2), torch.cat(list(samples[8:]), 2)]
         grid = to_uint8(torch.cat(rows, 1))
@@ -264,7 +281,7 @@ class Trainer:
 
     def export(self, name: str = "model") -> Path:
         return checkpoint.save_model(
-            self.ema, self.out / name, model_id=f"{self.out.name}-{self.step}", trained_steps=self.step,
+            self.averaged_model(), self.out / name, model_id=f"{self.out.name}-{self.step}", trained_steps=self.step,
             trained_images=self.step * self.opts.batch_size, training_sets=self.opts.sets.split(","))
 
     # ---- loop ---------------------------------------------------------------------
@@ -327,13 +344,44 @@ def train(opts: TrainOptions) -> Path:
     return trainer.out
 
 
-def export_run(run_dir: Path, out_dir: Path) -> Path:
-    """Write the EMA encoder + decoder of a run's latest training state as a model folder."""
+@torch.no_grad()
+def recalibrate_batchnorm(model: FaceModel, batch: Callable[[], torch.Tensor], n: int = 30) -> FaceModel:
+    """Re-estimate every BN layer's statistics as training sees them: real batches through
+    the encoder, posterior and prior latents through the decoder. Returns the model in eval mode."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the n batches
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(n):
+        x = batch()
+        mu, logvar = model.encoder(x)
+        eps = torch.randn(mu.shape, generator=g).to(mu)
+        z = mu + eps * torch.exp(0.5 * logvar)
+        model.decoder(torch.cat([z, torch.randn(mu.shape, generator=g).to(mu)]))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    return model.eval()
+
+
+def export_run(run_dir: Path, out_dir: Path, which: str = "ema") -> Path:
+    """Write a run's latest encoder + decoder (``ema``: averaged and recalibrated, or ``model``:
+    the live weights) as a model folder."""
     meta = json.loads((run_dir / "state.json").read_text())
     opts = options_from_args(meta["options"])
     tensors = load_file(str(run_dir / "state.safetensors"), device="cpu")
     model = FaceModel(opts.model_config())
-    model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    p = which + "."
+    model.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
+    if which == "ema":
+        faces = AlignedFaces(build_cache(Path(opts.data), opts.resolution, tuple(opts.sets.split(","))), "train")
+        rng = np.random.default_rng(int(meta["step"]))
+        recalibrate_batchnorm(model, lambda: to_tensor(faces.images(
+            rng.choice(len(faces), opts.batch_size, replace=False))))
+    model.eval()
     step = int(meta["step"])
-    return checkpoint.save_model(model, out_dir, model_id=f"{run_dir.name}-{step}", trained_steps=step,
+    name = f"{run_dir.name}-{step}" + ("" if which == "ema" else "-live")
+    return checkpoint.save_model(model, out_dir, model_id=name, trained_steps=step,
                                  trained_images=step * opts.batch_size, training_sets=opts.sets.split(","))

@@ -37,7 +37,7 @@ def make_cache(data_dir: Path, n: int = 40, size: int = 32) -> Path:
 def tiny_options(data: Path, out: Path, **kw: object) -> TrainOptions:
     base = dict(data=str(data), out=str(out), resolution=32, latent_dim=16, decoder_channels="16,12,8,8",
                 encoder_channels="4,8,8", discriminator_channels="4,8,8", batch_size=8, steps=4, log_every=1,
-                image_every=2, checkpoint_every=2, export_every=4, adv_ramp_steps=2)
+                image_every=2, checkpoint_every=2, export_every=4, adv_ramp_steps=2, sets="celeba")
     base.update(kw)
     return TrainOptions(**base)  # type: ignore[arg-type]
 
@@ -77,7 +77,7 @@ def test_two_processes_with_gloo(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
            "-m", "engine.cli", "train", "--data", str(data), "--out", str(out), "--resolution", "32",
            "--latent-dim", "16", "--decoder-channels", "16,12,8,8", "--encoder-channels", "4,8,8",
-           "--discriminator-channels", "4,8,8", "--batch-size", "8", "--steps", "3", "--device", "cpu",
+           "--discriminator-channels", "4,8,8", "--sets", "celeba", "--batch-size", "8", "--steps", "3", "--device", "cpu",
            "--threads", "1", "--checkpoint-every", "3", "--export-every", "3"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
@@ -91,3 +91,29 @@ def test_too_little_data_is_a_clear_error(tmp_path: Path) -> None:
     data = make_cache(tmp_path / "data", n=6)
     with pytest.raises(ValueError, match="training images"):
         train(tiny_options(data, tmp_path / "run", batch_size=8))
+
+
+def test_batchnorm_recalibration_measures_the_models_own_statistics() -> None:
+    from engine.train import recalibrate_batchnorm
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model(1)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    recalibrate_batchnorm(model, lambda: x, n=3)
+    assert not model.training
+    bn = model.encoder.down[0][1]
+    with torch.no_grad():
+        h = model.encoder.down[0][0](model.encoder.stem(x))
+    assert torch.allclose(bn.running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert bn.momentum == 0.1
+
+
+def test_export_run_writes_a_loadable_averaged_model(tmp_path: Path) -> None:
+    from engine.checkpoint import load_model
+    from engine.train import export_run
+
+    data = make_cache(tmp_path / "data")
+    run = train(tiny_options(data, tmp_path / "run", steps=2))
+    loaded = load_model(export_run(run, tmp_path / "exported"))
+    assert loaded.model_id == "run-2"
+    assert load_model(export_run(run, tmp_path / "live", which="model")).model_id == "run-2-live"
