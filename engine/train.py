@@ -52,6 +52,7 @@ class TrainOptions:
     batch_size: int = 64
     steps: int = 100_000
     lr: float = 2e-4
+    lr_decay_from: int = 0  # from this step the learning rate falls linearly to lr / 10 at `steps` (0: constant)
     beta1: float = 0.5
     w_pix: float = 3.0
     w_feat: float = 1.0
@@ -156,9 +157,20 @@ class Trainer:
         return to_tensor(x).to(self.device, memory_format=torch.channels_last, non_blocking=True)
 
     # ---- one step -----------------------------------------------------------------
+    def learning_rate(self, step: int) -> float:
+        o = self.opts
+        if not o.lr_decay_from or step < o.lr_decay_from or o.steps <= o.lr_decay_from:
+            return o.lr
+        frac = min(1.0, (step - o.lr_decay_from) / (o.steps - o.lr_decay_from))
+        return o.lr * (1.0 - 0.9 * frac)
+
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
         o = self.opts
         n = x.shape[0]
+        lr = self.learning_rate(self.step)
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
         mu, logvar = self.enc(x)
         eps = torch.randn(mu.shape, generator=self.noise, device=self.device)
         z = mu + eps * torch.exp(0.5 * logvar)

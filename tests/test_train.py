@@ -117,3 +117,12 @@ def test_export_run_writes_a_loadable_averaged_model(tmp_path: Path) -> None:
     loaded = load_model(export_run(run, tmp_path / "exported"))
     assert loaded.model_id == "run-2"
     assert load_model(export_run(run, tmp_path / "live", which="model")).model_id == "run-2-live"
+
+
+def test_learning_rate_decays_linearly_to_a_tenth(tmp_path: Path) -> None:
+    from engine.train import Trainer
+
+    t = Trainer(tiny_options(tmp_path, tmp_path / "run", steps=100, lr=1e-3, lr_decay_from=50))
+    assert t.learning_rate(10) == pytest.approx(1e-3)
+    assert t.learning_rate(75) == pytest.approx(1e-3 * 0.55)
+    assert t.learning_rate(100) == pytest.approx(1e-4)
