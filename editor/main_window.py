@@ -229,6 +229,15 @@ class MainWindow(QMainWindow):
         tb.addWidget(self.size_slider)
         self.size_label = QLabel()
         tb.addWidget(self.size_label)
+        tb.addWidget(QLabel(" Strength "))
+        self.strength_slider = QSlider(Qt.Orientation.Horizontal)
+        self.strength_slider.setRange(20, 400)
+        self.strength_slider.setFixedWidth(100)
+        self.strength_slider.setToolTip("How far each brush movement pushes the face toward the paint")
+        self.strength_slider.valueChanged.connect(self.settings.set_brush_strength)
+        tb.addWidget(self.strength_slider)
+        self.strength_label = QLabel()
+        tb.addWidget(self.strength_label)
         tb.addSeparator()
         tb.addActions([self.act_view_edit, self.act_view_raw, self.act_view_mask])
         tb.addSeparator()
@@ -265,6 +274,10 @@ class MainWindow(QMainWindow):
         self.size_slider.setValue(s.brush_size)
         self.size_slider.blockSignals(False)
         self.size_label.setText(f"{s.brush_size:3d} px ")
+        self.strength_slider.blockSignals(True)
+        self.strength_slider.setValue(s.brush_strength)
+        self.strength_slider.blockSignals(False)
+        self.strength_label.setText(f"{s.brush_strength:3d}% ")
         self._rebuild_recent()
 
     def _rebuild_recent(self) -> None:
@@ -323,7 +336,8 @@ class MainWindow(QMainWindow):
     def _stroke_started(self, x: float, y: float) -> None:
         if not self._editable():
             return
-        self._send(rq.StrokeBegin, color=self.settings.color_rgb, radius=self.canvas.brush_radius_photo())
+        self._send(rq.StrokeBegin, color=self.settings.color_rgb, radius=self.canvas.brush_radius_photo(),
+                   strength=self.settings.brush_strength / 100)
         self._send(rq.StrokeMove, points=((x, y),))
 
     def _stroke_moved(self, x: float, y: float) -> None:

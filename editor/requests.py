@@ -49,6 +49,7 @@ class PlaceFace(Request):
 class StrokeBegin(Request):
     color: tuple[int, int, int] = (0, 0, 0)
     radius: float = 8.0  # photo pixels
+    strength: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 MAX_RECENT_FILES = 10
 MAX_RECENT_COLORS = 12
 MIN_BRUSH, MAX_BRUSH = 2, 150
+MIN_STRENGTH, MAX_STRENGTH = 20, 400
 DEFAULT_SWATCHES = ["#1e1611", "#4a2f1d", "#8a5a2b", "#d9b36c", "#e8c7a8", "#b5705a", "#f2f2f2", "#7a7a7a"]
 
 
@@ -41,6 +42,7 @@ def parse_hex(text: str) -> tuple[int, int, int]:
 class Settings:
     brush_color: str = "#1e1611"
     brush_size: int = 14  # screen pixels (radius)
+    brush_strength: int = 100  # percent of the default latent step
     recent_colors: list[str] = field(default_factory=lambda: list(DEFAULT_SWATCHES))
     recent_files: list[str] = field(default_factory=list)
     export_quality: int = 95
@@ -76,6 +78,12 @@ class Settings:
         s = max(MIN_BRUSH, min(MAX_BRUSH, int(size)))
         if s != self.brush_size:
             self.brush_size = s
+            self._changed()
+
+    def set_brush_strength(self, percent: int) -> None:
+        p = max(MIN_STRENGTH, min(MAX_STRENGTH, int(percent)))
+        if p != self.brush_strength:
+            self.brush_strength = p
             self._changed()
 
     def grow_brush(self, factor: float) -> None:
@@ -114,6 +122,7 @@ class Settings:
             s = cls(**known)
             parse_hex(s.brush_color)
             s.brush_size = max(MIN_BRUSH, min(MAX_BRUSH, int(s.brush_size)))
+            s.brush_strength = max(MIN_STRENGTH, min(MAX_STRENGTH, int(s.brush_strength)))
             return s
         except (OSError, ValueError, TypeError, AttributeError):
             return cls()

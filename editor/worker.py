@@ -240,7 +240,7 @@ class EngineWorker:
             s.set_face(face)
             return True
         if isinstance(req, rq.StrokeBegin):
-            s.brush_begin(req.color, req.radius)
+            s.brush_begin(req.color, req.radius, req.strength)
             return False
         if isinstance(req, rq.StrokeMove):
             if s.stroke is None:

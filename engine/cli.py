@@ -93,7 +93,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         session.set_sliders(attrs)
         session.commit()
     for rgb, radius, points in strokes:
-        session.brush_begin(rgb, radius)
+        session.brush_begin(rgb, radius, args.strength)
         for p in points:
             session.brush_to([p])
         session.brush_end()
@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("photo")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--stroke", action="append", help="'#RRGGBB:RADIUS:x1,y1;x2,y2;...' in photo pixels")
+    p.add_argument("--strength", type=float, default=1.0, help="brush strength, a factor on the step (default 1)")
     p.add_argument("--attr", action="append", help="NAME=VALUE slider setting, e.g. smiling=1.5")
     p.add_argument("--face", type=int, help="which detected face (0 = the largest)")
     p.add_argument("--independent", action="store_true",

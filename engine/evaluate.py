@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import align
-from engine.edit import BrushRule, halo_of
+from engine.edit import BrushRule, MaskSettings, halo_of
 from engine.faces import whole_image_face
 from engine.images import Photo, load_photo, to_tensor, to_uint8
 
@@ -97,7 +97,8 @@ def reconstruction_metrics(model: torch.nn.Module, crops: np.ndarray, batch: int
     }
 
 
-def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = None) -> dict[str, object]:
+def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = None,
+                  mask: MaskSettings | None = None) -> dict[str, object]:
     """Replay ``STROKES`` on each crop through ``EditSession``; average the effects."""
     from engine.session import EditSession
 
@@ -111,7 +112,7 @@ def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = No
         photo = Photo(pixels=crop, name="eval")
         for spec in STROKES:
             s = EditSession(loaded, photo, whole_image_face(res, res), engine.device,  # type: ignore[attr-defined]
-                            rule=rule or BrushRule())
+                            rule=rule or BrushRule(), mask=mask or MaskSettings())
             radius = spec.radius * res
             pts = np.array(spec.points) * res - 0.5
             # resample the polyline into EVENTS_PER_STROKE mouse samples

@@ -14,7 +14,7 @@ each, returns a preview) -> ``brush_end`` (refines, records one undo step).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -203,9 +203,13 @@ class EditSession:
         p = align.apply(self.transform, np.array([[x, y]]))[0]
         return float(p[0]), float(p[1])
 
-    def brush_begin(self, color_rgb: tuple[int, int, int], radius_photo: float) -> None:
-        """Start a stroke with a colour (0-255 RGB) and a radius in photo pixels."""
+    def brush_begin(self, color_rgb: tuple[int, int, int], radius_photo: float, strength: float = 1.0) -> None:
+        """Start a stroke with a colour (0-255 RGB), a radius in photo pixels and a strength
+        (a factor on the latent step size)."""
         self.cancel_stroke()
+        if not 0 < strength <= 10:
+            raise ValueError(f"brush strength must be in (0, 10], got {strength}")
+        rule = replace(self.rule, lr=self.rule.lr * strength)
         r = self.resolution
         radius = max(0.5, radius_photo * align.scale_of(self.transform))
         with torch.inference_mode():
@@ -216,7 +220,7 @@ class EditSession:
             alpha=np.zeros((r, r), dtype=np.float32),
             paint=np.zeros((r, r, 3), dtype=np.float32),
             halo=np.zeros((r, r), dtype=np.float32),
-            optimizer=BrushOptimizer(self.z, self.rule, radius, keep),
+            optimizer=BrushOptimizer(self.z, rule, radius, keep),
         )
 
     def _paint_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -157,3 +157,15 @@ def test_session_from_another_model_is_refused(engine, face_photo: Path, tmp_pat
     path.write_bytes(b"garbage")
     with pytest.raises(SessionError, match="not a readable session"):
         load_session(engine, path)
+
+
+def test_brush_strength_scales_the_latent_step(engine, face_photo: Path) -> None:
+    moves = []
+    for strength in (0.5, 2.0):
+        s = _session(engine, face_photo)
+        s.brush_begin((250, 250, 250), 6, strength)
+        s.brush_to([(30, 30)])
+        moves.append(float((s.z - s.z0).norm()))
+    assert moves[1] > 2 * moves[0]
+    with pytest.raises(ValueError, match="strength"):
+        _session(engine, face_photo).brush_begin((0, 0, 0), 6, 0.0)
