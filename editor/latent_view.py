@@ -13,7 +13,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
-SATURATION = 2.0
+SATURATION = 3.0
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 

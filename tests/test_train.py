@@ -77,8 +77,8 @@ def test_two_processes_with_gloo(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
            "-m", "engine.cli", "train", "--data", str(data), "--out", str(out), "--resolution", "32",
            "--latent-dim", "16", "--decoder-channels", "16,12,8,8", "--encoder-channels", "4,8,8",
-           "--discriminator-channels", "4,8,8", "--sets", "celeba", "--batch-size", "8", "--steps", "3", "--device", "cpu",
-           "--threads", "1", "--checkpoint-every", "3", "--export-every", "3"]
+           "--discriminator-channels", "4,8,8", "--sets", "celeba", "--batch-size", "8", "--steps", "3",
+           "--device", "cpu", "--threads", "1", "--checkpoint-every", "3", "--export-every", "3"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
