@@ -18,9 +18,9 @@ from PySide6.QtWidgets import (
 )
 
 from editor.canvas import qimage_from_array
+from engine.attributes import SLIDER_RANGE
 
 STEPS = 100  # slider ticks per unit
-LIMIT = 3.0
 
 
 class AttributePanel(QWidget):
@@ -77,7 +77,7 @@ class AttributePanel(QWidget):
                 name_label.setToolTip("This slider changes the attribute less reliably (see the model card)")
                 name_label.setStyleSheet("color: #b0a060")
             s = QSlider(Qt.Orientation.Horizontal)
-            s.setRange(int(-LIMIT * STEPS), int(LIMIT * STEPS))
+            s.setRange(int(-SLIDER_RANGE * STEPS), int(SLIDER_RANGE * STEPS))
             s.setValue(0)
             s.setObjectName(name)
             s.setAccessibleName(label)

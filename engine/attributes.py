@@ -21,6 +21,10 @@ DIRECTIONS_FILE = "attributes.safetensors"
 NAMES_FILE = "attributes.json"
 
 
+# A slider runs from -SLIDER_RANGE to +SLIDER_RANGE steps (one step: the distance between the
+# mean latents of faces with and without the attribute, along its direction).
+SLIDER_RANGE = 3.0
+
 @dataclass
 class Attribute:
     name: str

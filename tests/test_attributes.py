@@ -86,9 +86,15 @@ def test_pca_directions_are_orthonormal_and_sorted() -> None:
 
 
 def test_quality_marks() -> None:
-    assert quality_of({"flip_to_positive": 0.8, "flip_to_negative": 0.6}) == "good"
-    assert quality_of({"flip_to_positive": 0.3, "flip_to_negative": 0.1}) == "weak"
-    assert quality_of({"flip_to_positive": 0.05, "flip_to_negative": float("nan")}) == "hidden"
+    def q(up: float, end: float, down: float = 0.5, base: float = 0.05) -> str:
+        return quality_of({"flip_to_positive": up, "flip_to_negative": down,
+                           "flip_to_positive_at_slider_end": end, "judge_false_positive_before": base})
+
+    assert q(0.8, 0.95) == "good"
+    assert q(0.3, 0.6) == "weak"  # works only towards the slider's end
+    assert q(0.3, 0.6, base=0.4) == "hidden"  # no better than the judge's own false positives
+    assert q(0.05, 0.1, down=1.0) == "hidden"  # removing by blurring is not enough
+    assert q(float("nan"), float("nan")) == "hidden"
 
 
 def test_judge_shapes() -> None:
