@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,14 @@ def make_tiny_model(seed: int = 0) -> FaceModel:
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_here() -> Iterator[None]:
+    """Collect each test's garbage on the main thread: the editor turns automatic collection
+    off (see editor.main_window.collect_garbage_on_the_gui_thread)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)
