@@ -44,6 +44,12 @@ class AttributePanel(QWidget):
         self.conditional.setChecked(True)
         self.conditional.setToolTip("E.g. gray hair without ageing the face, makeup without changing gender")
         self.conditional.toggled.connect(self.conditional_changed.emit)
+        self.show_failed = QCheckBox("Show sliders that failed the judge")
+        self.show_failed.setToolTip("Sliders whose edits the attribute classifier did not recognise "
+                                    "(see the model card)")
+        self.show_failed.toggled.connect(lambda _=False: self._populate())
+        self._attributes: tuple[tuple[str, str, str], ...] = ()
+        self._values: dict[str, float] = {}
         self.strips: dict[str, QLabel] = {}
         self.empty = QLabel("This model has no attribute directions.")
         self.empty.setWordWrap(True)
@@ -52,6 +58,7 @@ class AttributePanel(QWidget):
         layout.addWidget(self.empty)
         layout.addWidget(scroll, 1)
         layout.addWidget(self.conditional)
+        layout.addWidget(self.show_failed)
         layout.addWidget(self.reset_all)
 
     def set_thumbnails(self, strips: dict[str, np.ndarray]) -> None:
@@ -61,7 +68,14 @@ class AttributePanel(QWidget):
                 self.strips[name].setPixmap(QPixmap.fromImage(qimage_from_array(strip)))
 
     def set_attributes(self, attributes: tuple[tuple[str, str, str], ...]) -> None:
-        """(name, label, quality) per slider; 'weak' ones are marked."""
+        """(name, label, quality) per slider: 'weak' ones are marked, 'hidden' ones (failed the
+        judge) shown only on request."""
+        self._attributes = attributes
+        self._populate()
+
+    def _populate(self) -> None:
+        attributes = tuple(a for a in self._attributes if a[2] != "hidden" or self.show_failed.isChecked())
+        self.show_failed.setVisible(any(a[2] == "hidden" for a in self._attributes))
         while self._grid.count():
             item = self._grid.takeAt(0)
             if item.widget() is not None:
@@ -71,11 +85,15 @@ class AttributePanel(QWidget):
         self.strips.clear()
         self.empty.setVisible(not attributes)
         for row, (name, label, quality) in enumerate(attributes):
-            text = label + (" (weak)" if quality == "weak" else "")
+            text = label + {"weak": " (weak)", "hidden": " (failed)"}.get(quality, "")
             name_label = QLabel(text)
             if quality == "weak":
                 name_label.setToolTip("This slider changes the attribute less reliably (see the model card)")
                 name_label.setStyleSheet("color: #b0a060")
+            elif quality == "hidden":
+                name_label.setToolTip("The attribute classifier did not recognise this slider's edits "
+                                      "(see the model card)")
+                name_label.setStyleSheet("color: #a07070")
             s = QSlider(Qt.Orientation.Horizontal)
             s.setRange(int(-SLIDER_RANGE * STEPS), int(SLIDER_RANGE * STEPS))
             s.setValue(0)
@@ -100,12 +118,14 @@ class AttributePanel(QWidget):
                 self.strips[name] = strip
             self.sliders[name] = s
             self.values_labels[name] = value
+        self.set_values(self._values)
 
     def values(self) -> dict[str, float]:
         return {n: s.value() / STEPS for n, s in self.sliders.items() if s.value() != 0}
 
     def set_values(self, values: dict[str, float]) -> None:
         """Mirror the engine's state without emitting."""
+        self._values = dict(values)
         for n, s in self.sliders.items():
             v = int(round(values.get(n, 0.0) * STEPS))
             if s.value() != v and not s.isSliderDown():

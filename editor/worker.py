@@ -90,7 +90,7 @@ class EngineWorker:
             self.engine = None
         else:
             self._emit(rq.Ready(self.engine.describe(), tuple(
-                (a.name, a.label, a.quality) for a in self.engine.attributes.visible())))
+                (a.name, a.label, a.quality) for a in self.engine.attributes.attributes)))
         while True:
             try:
                 batch = [self._mailbox.get(timeout=self._autosave_wait())]
@@ -176,7 +176,7 @@ class EngineWorker:
         self._emit(rq.Failed(0, f"The GPU {kind} ({type(error).__name__}); continuing on the CPU for this session.",
                              "Device"))
         self._emit(rq.Ready(self.engine.describe(), tuple(
-            (a.name, a.label, a.quality) for a in self.engine.attributes.visible())))
+            (a.name, a.label, a.quality) for a in self.engine.attributes.attributes)))
 
     def _report(self, req: rq.Request, e: Exception) -> None:
         if isinstance(e, RECOVERABLE):

@@ -45,6 +45,7 @@ class Engine:
             "model_id": self.loaded.model_id,
             "attributes": [a.name for a in self.attributes.visible() if a.kind == "named"],
             "latent_directions": [a.name for a in self.attributes.visible() if a.kind == "pca"],
+            "attributes_failing_the_judge": [a.name for a in self.attributes.attributes if a.quality == "hidden"],
         }
 
 

@@ -176,3 +176,20 @@ def test_close_leaves_no_thread(qtbot, tiny_model_dir: Path, face_photo: Path) -
     w.close()
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not leaked
+
+
+def test_sliders_that_failed_the_judge_show_only_on_request(qtbot) -> None:
+    from editor.sliders import AttributePanel
+
+    panel = AttributePanel()
+    qtbot.addWidget(panel)
+    panel.set_attributes((("smiling", "Smiling", "good"), ("bald", "Bald", "hidden"), ("male", "Male", "weak")))
+    assert set(panel.sliders) == {"smiling", "male"}
+    panel.set_values({"smiling": 1.0, "bald": -0.5})
+    panel.show_failed.setChecked(True)
+    assert set(panel.sliders) == {"smiling", "bald", "male"}
+    # rebuilding keeps the engine's values on the sliders
+    assert panel.sliders["bald"].value() == -50
+    assert panel.sliders["smiling"].value() == 100
+    panel.show_failed.setChecked(False)
+    assert "bald" not in panel.sliders
