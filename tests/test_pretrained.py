@@ -1,0 +1,128 @@
+"""The shipped weights in ``pretrained/``: they load through the one loader, fit the size
+limit, reconstruct a real photo as that person (not an average face), follow the brush,
+and their attribute directions match the model and move the judge the right way."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import align
+from engine.attribute_learning import SLIDERS, judge_scores, load_judge
+from engine.checkpoint import DEFAULT_MODEL_DIR, FORMAT_VERSION
+from engine.pipeline import Engine, open_session
+
+ROOT = Path(__file__).resolve().parents[1]
+ASTRONAUT = ROOT / "resources" / "astronaut.png"
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").exists(),
+                                reason="no face model shipped in pretrained/")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    torch.manual_seed(0)
+    return Engine.load(None, "cpu")
+
+
+def test_shipped_files_are_small_versioned_safetensors() -> None:
+    cfg = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    assert cfg["format_version"] == FORMAT_VERSION
+    for f in DEFAULT_MODEL_DIR.glob("*.safetensors"):
+        assert f.stat().st_size < 40 * 2**20, f
+    assert not list(DEFAULT_MODEL_DIR.glob("*.pt"))
+    assert not list(DEFAULT_MODEL_DIR.glob("*.pth"))
+    card = (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text()
+    assert "non-commercial" in card
+    assert cfg["model_id"] in card
+
+
+def test_info_reports_the_shipped_model() -> None:
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "info", "--device", "cpu"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert Path(info["weights"]).resolve() == (DEFAULT_MODEL_DIR / "model.safetensors").resolve()
+    assert info["resolution"] == 64
+    assert info["latent_dim"] == 256
+    assert info["attributes"]
+    assert set(info["attributes"]) <= set(SLIDERS)
+
+
+def _l1(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().mean())
+
+
+def test_reconstruction_is_the_person_not_an_average_face(engine: Engine) -> None:
+    session, faces = open_session(engine, ASTRONAUT)
+    assert len(faces) == 1
+    x = session.x
+    model = engine.loaded.model
+    with torch.inference_mode():
+        recon = model.decoder(session.z0)
+        average = model.decoder(torch.zeros_like(session.z0))
+        others = model.decoder(torch.randn(16, session.z0.shape[1], generator=torch.Generator().manual_seed(1)))
+    err = _l1(recon, x)
+    assert err < 0.7 * _l1(average, x)
+    # closer to the photo than any of 16 random faces from the prior
+    assert err < min(_l1(o[None], x) for o in others)
+    # and not a blur: the reconstruction keeps a real share of the photo's Laplacian energy
+    lap = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+
+    def energy(t: torch.Tensor) -> float:
+        return float(torch.nn.functional.conv2d(t, lap, groups=3).pow(2).mean())
+
+    assert energy(recon) > 0.2 * energy(x)
+
+
+def test_dark_paint_on_the_forehead_darkens_it_and_nothing_far_away(engine: Engine) -> None:
+    session, _ = open_session(engine, ASTRONAUT)
+    r = session.resolution
+    inv = np.linalg.inv(np.vstack([session.transform, [0, 0, 1]]))[:2]
+
+    def to_photo(u: float, v: float) -> tuple[float, float]:
+        p = inv @ np.array([u * r, v * r, 1.0])
+        return float(p[0]), float(p[1])
+
+    before = session.render().shown.clone()
+    session.brush_begin((30, 20, 15), radius_photo=0.06 * r / align.scale_of(session.transform))
+    pts = [to_photo(0.35 + 0.3 * t, 0.24) for t in np.linspace(0, 1, 20)]
+    for p in pts:
+        session.brush_to([p])
+    session.brush_end()
+    after = session.render().shown
+    band = slice(int(0.19 * r), int(0.29 * r)), slice(int(0.37 * r), int(0.63 * r))
+    lum_before = float(before[0, :, band[0], band[1]].mean())
+    lum_after = float(after[0, :, band[0], band[1]].mean())
+    assert lum_after < lum_before - 0.1
+    # the chin is far from the stroke: the mask keeps it (nearly) the photo
+    painted = float((after - before)[0, :, band[0], band[1]].abs().mean())
+    chin = float((after - session.x)[0, :, int(0.85 * r):].abs().mean())
+    assert chin < 0.05 * painted
+
+
+def test_attribute_directions_match_the_model_and_move_the_judge(engine: Engine) -> None:
+    attrs = engine.attributes
+    assert attrs.latent_dim == engine.loaded.config.latent_dim
+    shown = [a for a in attrs.visible() if a.kind == "named"]
+    assert shown, "every named slider is hidden"
+    judge, names = load_judge(DEFAULT_MODEL_DIR)
+    session, _ = open_session(engine, ASTRONAUT)
+    dec = engine.loaded.model.decoder
+    # the astronaut and seven faces from the prior
+    z = torch.cat([session.z0, torch.randn(7, session.z0.shape[1], generator=torch.Generator().manual_seed(2))])
+    right = 0
+    for a in shown:
+        _, col, sign = SLIDERS[a.name]
+        d = attrs.direction(a.name) * a.step
+        with torch.inference_mode():
+            up = judge_scores(judge, dec(z + d))[:, names.index(col)]
+            down = judge_scores(judge, dec(z - d))[:, names.index(col)]
+        right += int(float((up - down).mean()) * sign > 0)
+    assert right >= 0.8 * len(shown), f"{right} of {len(shown)} shown sliders move the judge the right way"
