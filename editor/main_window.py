@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
@@ -41,7 +42,7 @@ from editor import recovery
 from editor import requests as rq
 from editor.canvas import PhotoCanvas
 from editor.latent_view import LatentView
-from editor.settings import Settings, parse_hex
+from editor.settings import MAX_BRUSH, MAX_STRENGTH, MIN_BRUSH, MIN_STRENGTH, Settings, parse_hex
 from editor.sliders import AttributePanel
 from editor.worker import EngineFactory, EngineWorker
 from engine.images import READABLE_SUFFIXES
@@ -76,6 +77,29 @@ def collect_garbage_on_the_gui_thread() -> None:
     timer.timeout.connect(gc.collect)
     timer.start(GC_INTERVAL_MS)
     app.setProperty("npe_gc_timer", True)
+
+
+def _toolbar_slider(tb: QToolBar, title: str, bounds: tuple[int, int], width: int, tip: str,
+                    on_change: Callable[[int], None]) -> tuple[QSlider, QLabel]:
+    """A titled horizontal slider with a value label after it, added to ``tb``."""
+    tb.addWidget(QLabel(f" {title} "))
+    slider = QSlider(Qt.Orientation.Horizontal)
+    slider.setRange(*bounds)
+    slider.setFixedWidth(width)
+    slider.setToolTip(tip)
+    slider.valueChanged.connect(on_change)
+    tb.addWidget(slider)
+    label = QLabel()
+    tb.addWidget(label)
+    return slider, label
+
+
+def _show_value(slider: QSlider, label: QLabel, value: int, text: str) -> None:
+    """Mirror a setting on its slider without emitting, and on its label."""
+    slider.blockSignals(True)
+    slider.setValue(value)
+    slider.blockSignals(False)
+    label.setText(text)
 
 
 class MainWindow(QMainWindow):
@@ -244,24 +268,11 @@ class MainWindow(QMainWindow):
             tb.addWidget(b)
             self.swatches.append(b)
         tb.addSeparator()
-        tb.addWidget(QLabel(" Size "))
-        self.size_slider = QSlider(Qt.Orientation.Horizontal)
-        self.size_slider.setRange(2, 150)
-        self.size_slider.setFixedWidth(140)
-        self.size_slider.setToolTip("Brush size ([ and ])")
-        self.size_slider.valueChanged.connect(self.settings.set_brush_size)
-        tb.addWidget(self.size_slider)
-        self.size_label = QLabel()
-        tb.addWidget(self.size_label)
-        tb.addWidget(QLabel(" Strength "))
-        self.strength_slider = QSlider(Qt.Orientation.Horizontal)
-        self.strength_slider.setRange(20, 400)
-        self.strength_slider.setFixedWidth(100)
-        self.strength_slider.setToolTip("How far each brush movement pushes the face toward the paint")
-        self.strength_slider.valueChanged.connect(self.settings.set_brush_strength)
-        tb.addWidget(self.strength_slider)
-        self.strength_label = QLabel()
-        tb.addWidget(self.strength_label)
+        self.size_slider, self.size_label = _toolbar_slider(
+            tb, "Size", (MIN_BRUSH, MAX_BRUSH), 140, "Brush size ([ and ])", self.settings.set_brush_size)
+        self.strength_slider, self.strength_label = _toolbar_slider(
+            tb, "Strength", (MIN_STRENGTH, MAX_STRENGTH), 100,
+            "How far each brush movement pushes the face toward the paint", self.settings.set_brush_strength)
         tb.addSeparator()
         tb.addActions([self.act_view_edit, self.act_view_raw, self.act_view_mask])
         tb.addSeparator()
@@ -294,14 +305,8 @@ class MainWindow(QMainWindow):
             b.setProperty("color", col)
             b.setToolTip(col)
             b.setStyleSheet(f"background-color: {col}; border: 1px solid #666;" if col else "")
-        self.size_slider.blockSignals(True)
-        self.size_slider.setValue(s.brush_size)
-        self.size_slider.blockSignals(False)
-        self.size_label.setText(f"{s.brush_size:3d} px ")
-        self.strength_slider.blockSignals(True)
-        self.strength_slider.setValue(s.brush_strength)
-        self.strength_slider.blockSignals(False)
-        self.strength_label.setText(f"{s.brush_strength:3d}% ")
+        _show_value(self.size_slider, self.size_label, s.brush_size, f"{s.brush_size:3d} px ")
+        _show_value(self.strength_slider, self.strength_label, s.brush_strength, f"{s.brush_strength:3d}% ")
         self._rebuild_recent()
 
     def _rebuild_recent(self) -> None:

@@ -89,8 +89,7 @@ class EngineWorker:
                                  "load", fatal=True))
             self.engine = None
         else:
-            self._emit(rq.Ready(self.engine.describe(), tuple(
-                (a.name, a.label, a.quality) for a in self.engine.attributes.attributes)))
+            self._emit_ready()
         while True:
             try:
                 batch = [self._mailbox.get(timeout=self._autosave_wait())]
@@ -175,6 +174,10 @@ class EngineWorker:
         kind = "ran out of memory" if "out of memory" in str(error).lower() else "failed"
         self._emit(rq.Failed(0, f"The GPU {kind} ({type(error).__name__}); continuing on the CPU for this session.",
                              "Device"))
+        self._emit_ready()
+
+    def _emit_ready(self) -> None:
+        assert self.engine is not None
         self._emit(rq.Ready(self.engine.describe(), tuple(
             (a.name, a.label, a.quality) for a in self.engine.attributes.attributes)))
 

@@ -220,6 +220,11 @@ def face_region(resolution: int) -> torch.Tensor:
     return torch.from_numpy(u * u + v * v <= 1)
 
 
+def _share(flags: torch.Tensor, among: np.ndarray) -> float:
+    """The share of ``flags`` set among the faces selected by ``among`` (NaN when none are)."""
+    return float(flags[torch.from_numpy(among)].float().mean()) if among.any() else float("nan")
+
+
 def judge_sliders(engine: object, attrs: AttributeSet, judge: AttributeJudge, judge_names: list[str],
                   test: object, n: int = 300) -> dict[str, dict[str, float]]:
     """Per slider: flip rates both ways, other attributes' mean |score change|, outside pixel change."""
@@ -251,13 +256,13 @@ def judge_sliders(engine: object, attrs: AttributeSet, judge: AttributeJudge, ju
         def pos(s: torch.Tensor, col: int = col, sign: int = sign) -> torch.Tensor:
             return (s[:, col] > 0.5) if sign > 0 else (s[:, col] < 0.5)
 
-        flip_on = float(pos(s_up)[torch.from_numpy(~has)].float().mean()) if (~has).any() else float("nan")
-        flip_on_max = float(pos(s_max)[torch.from_numpy(~has)].float().mean()) if (~has).any() else float("nan")
-        flip_off = float((~pos(s_down))[torch.from_numpy(has)].float().mean()) if has.any() else float("nan")
+        flip_on = _share(pos(s_up), ~has)
+        flip_on_max = _share(pos(s_max), ~has)
+        flip_off = _share(~pos(s_down), has)
         others = [i for i in range(len(judge_names)) if i != col]
         other_change = float((s_up[:, others] - base[:, others]).abs().mean())
         outside = float((up - crops).abs().mean(1)[:, ~region].mean() / 2)
-        base_rate = float(pos(base)[torch.from_numpy(~has)].float().mean()) if (~has).any() else float("nan")
+        base_rate = _share(pos(base), ~has)
         report[a.name] = {"flip_to_positive": round(flip_on, 3), "flip_to_negative": round(flip_off, 3),
                           "flip_to_positive_at_slider_end": round(flip_on_max, 3),
                           "judge_false_positive_before": round(base_rate, 3),

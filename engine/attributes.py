@@ -25,6 +25,7 @@ NAMES_FILE = "attributes.json"
 # mean latents of faces with and without the attribute, along its direction).
 SLIDER_RANGE = 3.0
 
+
 @dataclass
 class Attribute:
     name: str
