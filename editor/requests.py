@@ -172,7 +172,8 @@ class Ready:
     """The model is loaded."""
 
     info: dict[str, object] = field(default_factory=dict)
-    attributes: tuple[tuple[str, str, str], ...] = ()  # name, label, quality
+    # name, label, quality with correlated attributes held fixed, quality with them free
+    attributes: tuple[tuple[str, str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)

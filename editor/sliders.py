@@ -44,11 +44,12 @@ class AttributePanel(QWidget):
         self.conditional.setChecked(True)
         self.conditional.setToolTip("E.g. gray hair without ageing the face, makeup without changing gender")
         self.conditional.toggled.connect(self.conditional_changed.emit)
+        self.conditional.toggled.connect(lambda _=False: self._populate())  # which sliders pass depends on it
         self.show_failed = QCheckBox("Show sliders that failed the judge")
         self.show_failed.setToolTip("Sliders whose edits the attribute classifier did not recognise "
                                     "(see the model card)")
         self.show_failed.toggled.connect(lambda _=False: self._populate())
-        self._attributes: tuple[tuple[str, str, str], ...] = ()
+        self._attributes: tuple[tuple[str, str, str, str], ...] = ()
         self._values: dict[str, float] = {}
         self.strips: dict[str, QLabel] = {}
         self.empty = QLabel("This model has no attribute directions.")
@@ -67,15 +68,19 @@ class AttributePanel(QWidget):
             if name in self.strips:
                 self.strips[name].setPixmap(QPixmap.fromImage(qimage_from_array(strip)))
 
-    def set_attributes(self, attributes: tuple[tuple[str, str, str], ...]) -> None:
-        """(name, label, quality) per slider: 'weak' ones are marked, 'hidden' ones (failed the
-        judge) shown only on request."""
+    def set_attributes(self, attributes: tuple[tuple[str, str, str, str], ...]) -> None:
+        """(name, label, quality with correlated attributes held, quality with them free) per
+        slider: 'weak' ones are marked, 'hidden' ones (failed the judge in the current mode)
+        shown only on request or while they hold a value."""
         self._attributes = attributes
         self._populate()
 
     def _populate(self) -> None:
-        attributes = tuple(a for a in self._attributes if a[2] != "hidden" or self.show_failed.isChecked())
-        self.show_failed.setVisible(any(a[2] == "hidden" for a in self._attributes))
+        mode = 2 if self.conditional.isChecked() else 3
+        rows = tuple((a[0], a[1], a[mode]) for a in self._attributes)
+        attributes = tuple(a for a in rows
+                           if a[2] != "hidden" or self.show_failed.isChecked() or self._values.get(a[0], 0.0))
+        self.show_failed.setVisible(any(a[2] == "hidden" for a in rows))
         while self._grid.count():
             item = self._grid.takeAt(0)
             if item.widget() is not None:
@@ -126,6 +131,10 @@ class AttributePanel(QWidget):
     def set_values(self, values: dict[str, float]) -> None:
         """Mirror the engine's state without emitting."""
         self._values = dict(values)
+        known = {a[0] for a in self._attributes}
+        if any(v and n in known and n not in self.sliders for n, v in values.items()):
+            self._populate()  # a slider not shown holds a value (a session file, another mode): show it
+            return
         for n, s in self.sliders.items():
             v = int(round(values.get(n, 0.0) * STEPS))
             if s.value() != v and not s.isSliderDown():

@@ -179,7 +179,7 @@ class EngineWorker:
     def _emit_ready(self) -> None:
         assert self.engine is not None
         self._emit(rq.Ready(self.engine.describe(), tuple(
-            (a.name, a.label, a.quality) for a in self.engine.attributes.attributes)))
+            (a.name, a.label, a.quality_in(True), a.quality_in(False)) for a in self.engine.attributes.attributes)))
 
     def _report(self, req: rq.Request, e: Exception) -> None:
         if isinstance(e, RECOVERABLE):
@@ -312,7 +312,8 @@ class EngineWorker:
                     continue
                 d = s.attributes.direction(a.name).to(s.device) * a.step
                 zs = torch.cat([s.z0 + v * d for v in values])
-                shown, _ = render(s.x.expand(len(values), -1, -1, -1), s.recon0, s.decoder(zs))
+                photo = s.x.expand(len(values), -1, -1, -1)
+                shown, _ = render(photo, s.recon0, s.decoder(zs), without_sliders=s.recon0)
                 tiles = [cv2.resize(t, (size, size), interpolation=cv2.INTER_AREA) for t in to_uint8(shown)]
                 strips[a.name] = np.concatenate(tiles, axis=1)
         if strips:

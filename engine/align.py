@@ -124,18 +124,18 @@ def edge_feather(size: int, width: float = 0.06) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
-def paste_back(photo: np.ndarray, transform: np.ndarray, generated: np.ndarray, mask: np.ndarray,
-               crop: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
-    """Blend an edited crop back into the photo through the inverse transform.
+def paste_back(photo: np.ndarray, transform: np.ndarray, layer: np.ndarray, weight: np.ndarray,
+               add: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+    """Put an edited crop back into the photo through the inverse transform.
 
-    ``generated`` is the decoder output for the crop (float32 (R, R, 3) in photo units,
-    0..255), ``mask`` its blend weights (R, R) in [0, 1]. With ``crop`` (the aligned
-    photo crop, same units) the photo's own fine detail is kept under the edit: the photo
-    moves by ``mask * (generated - crop)``, the low-frequency change. Without it, masked
-    pixels are replaced by the (smoother) generated image. Photo pixels where the mapped
-    mask is exactly zero are returned unchanged, bit for bit.
+    ``layer`` is float32 (R, R, 3) in photo units and ``weight`` (R, R) in [0, 1] says
+    where the crop was edited. With ``add=False`` the layer is an image (0..255) blended
+    in by ``weight``. With ``add=True`` it is a change, already weighted (the edited crop
+    minus the photo's crop), added to the photo: the photo keeps its own fine detail and
+    moves by the low-frequency change. Photo pixels where the mapped weight is exactly
+    zero are returned unchanged, bit for bit.
     """
-    size = mask.shape[0]
+    size = weight.shape[0]
     if out is None:
         out = photo.copy()
     x0, y0, x1, y1 = crop_to_photo_box(transform, size, photo.shape)
@@ -145,22 +145,17 @@ def paste_back(photo: np.ndarray, transform: np.ndarray, generated: np.ndarray, 
     shift = np.array([[1.0, 0, -x0], [0, 1.0, -y0]])
     to_box = shift @ np.vstack([invert(transform), [0, 0, 1]])
     box_size = (x1 - x0, y1 - y0)
-    weight = (mask * edge_feather(size)).astype(np.float32)
-    if crop is None:
-        change = generated.astype(np.float32)
-    else:
-        change = generated.astype(np.float32) - crop.astype(np.float32)
-    layers = np.concatenate([change, weight[..., None]], axis=2)
-    # at the crop border the mask is 0: map outside-crop pixels to 0 weight
+    feather = edge_feather(size)
+    w = (weight * feather).astype(np.float32)
+    values = layer.astype(np.float32) * (feather[..., None] if add else 1.0)
+    layers = np.concatenate([values, w[..., None]], axis=2)
+    # at the crop border the weight is 0: map outside-crop pixels to 0 weight
     back = cv2.warpAffine(layers, to_box, box_size, flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
-    w = back[..., 3:4]
+    bw = back[..., 3:4]
     region = photo[y0:y1, x0:x1].astype(np.float32)
-    if crop is None:
-        blended = region + w * (back[..., :3] - region)
-    else:
-        blended = region + w * back[..., :3]
-    touched = w[..., 0] > 0
+    blended = region + back[..., :3] if add else region + bw * (back[..., :3] - region)
+    touched = bw[..., 0] > 0
     res = out[y0:y1, x0:x1]
     res[touched] = np.clip(np.rint(blended[touched]), 0, 255).astype(np.uint8)
     return out

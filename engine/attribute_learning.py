@@ -2,9 +2,10 @@
 
 ``npe attributes --data DIR``
     1. encodes the training split of the aligned data with the model's encoder;
-    2. per attribute, fits a linear boundary (logistic regression, balanced classes) on the
-       latents; the unit normal is the direction, and one slider unit is the distance
-       between the mean latents of faces with and without the attribute along it;
+    2. per attribute, fits a linear boundary on the latents (Gaussian classes with the
+       prior's identity covariance, see ``fit_direction``); the unit normal is the direction,
+       and one slider unit is the distance between the mean latents of faces with and
+       without the attribute;
     3. finds correlated attributes (by their labels) to hold fixed by default
        (conditional editing, as in InterFaceGAN);
     4. adds the top principal directions of the latents (as GANSpace does) as unlabelled
@@ -161,16 +162,25 @@ class Direction:
 
 
 def fit_direction(latents: np.ndarray, positive: np.ndarray, name: str) -> Direction:
-    """A linear boundary between positive and negative latents; its unit normal and step."""
-    from sklearn.linear_model import LogisticRegression
+    """The linear boundary between faces with and without an attribute, modelling each
+    class as a Gaussian with the prior's identity covariance: its normal is the difference
+    of the class means, and one step is that difference's length (from the average face
+    without the attribute to the average face with it).
 
-    clf = LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000)
-    clf.fit(latents, positive)
-    w = clf.coef_[0]
-    d = w / np.linalg.norm(w)
+    A logistic-regression normal separates the latents slightly better but leans on
+    directions the decoder barely draws (measured on the 64-px model, 200 held-out faces:
+    the judge saw blond hair added at +1 step 0.6 % of the time along the logistic normal,
+    21 % along the mean difference; eyeglasses 0.5 % vs 14 %; smiling 41 % vs 58 %).
+    Heavily regularised logistic regression converges to this same direction.
+    """
+    mu_pos, mu_neg = latents[positive].mean(0), latents[~positive].mean(0)
+    diff = mu_pos - mu_neg
+    step = float(np.linalg.norm(diff))
+    d = diff / step
     proj = latents @ d
-    step = float(proj[positive].mean() - proj[~positive].mean())
-    acc = float(clf.score(latents, positive))
+    threshold = float((mu_pos + mu_neg) @ d / 2)
+    said = proj > threshold
+    acc = float((said[positive].mean() + (~said[~positive]).mean()) / 2)  # balanced accuracy
     return Direction(name, d.astype(np.float32), step, acc)
 
 
@@ -201,14 +211,14 @@ def pca_directions(latents: np.ndarray, k: int = PCA_COUNT) -> list[Direction]:
 
 
 def _render_shift(engine: object, crops: torch.Tensor, z: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """What the editor shows after adding ``offset`` to each latent (masked render)."""
+    """What the editor shows after a slider adds ``offset`` to each latent."""
     from engine.edit import render
 
     dec = engine.loaded.model.decoder  # type: ignore[attr-defined]
     with torch.inference_mode():
         recon0 = dec(z)
         gen = dec(z + offset)
-        shown, _ = render(crops, recon0, gen)
+        shown, _ = render(crops, recon0, gen, without_sliders=recon0)
     return shown
 
 
@@ -268,6 +278,13 @@ def judge_sliders(engine: object, attrs: AttributeSet, judge: AttributeJudge, ju
                           "judge_false_positive_before": round(base_rate, 3),
                           "other_attributes_change": round(other_change, 4), "outside_face_change": round(outside, 4),
                           "n_without": int((~has).sum()), "n_with": int(has.sum())}
+        held = attrs.hold.get(a.name, a.default_hold)
+        if held:  # the same slider with the correlated attributes free (the editor's other mode)
+            free = attrs.direction(a.name, hold=()) * a.step
+            for key, v in (("flip_to_positive_independent", 1.0),
+                           ("flip_to_positive_at_slider_end_independent", SLIDER_RANGE)):
+                s_free = judge_scores(judge, _render_shift(engine, crops, z, v * free.view(1, -1)))
+                report[a.name][key] = round(_share(pos(s_free), ~has), 3)
     return report
 
 
@@ -341,10 +358,18 @@ def learn_attributes(args: argparse.Namespace) -> dict[str, object]:
     report = judge_sliders(engine, aset, judge, judge_names, test)
     for a in aset.attributes:
         if a.name in report:
-            a.quality = quality_of(report[a.name])
+            r = report[a.name]
+            a.quality = quality_of(r)
+            if "flip_to_positive_independent" in r:
+                a.quality_independent = quality_of({
+                    "flip_to_positive": r["flip_to_positive_independent"],
+                    "flip_to_positive_at_slider_end": r["flip_to_positive_at_slider_end_independent"],
+                    "judge_false_positive_before": r["judge_false_positive_before"]})
     aset.save(model_dir, model_id=engine.loaded.model_id, evaluation=report,
               judge_held_out_accuracy=acc)
     return {"model_dir": str(model_dir), "sliders": {a.name: a.quality for a in aset.attributes if a.kind == "named"},
+            "sliders_with_correlated_attributes_free": {
+                a.name: a.quality_independent for a in aset.attributes if a.quality_independent},
             "pca": [a.name for a in aset.attributes if a.kind == "pca"], "evaluation": report,
             "seconds": round(time.perf_counter() - t0, 1)}
 

@@ -2,7 +2,9 @@
 
 A slider value v moves the latent by ``v * step * direction``; ``direction`` is a unit
 vector (the normal of a linear boundary learned on encoded, labelled faces) and ``step``
-the spread of the encoded training faces along it, so +1 is "one standard deviation more".
+the distance from the average face without the attribute to the average face with it, so
++1 is "as much more as a typical face that has it". Unlabelled (principal) directions use
+the spread of the encoded training faces along them, so +1 is one standard deviation.
 
 Conditional editing: a direction can be made orthogonal to others (``hold``), so moving
 "gray hair" does not also age the face, following InterFaceGAN.
@@ -22,8 +24,9 @@ NAMES_FILE = "attributes.json"
 
 
 # A slider runs from -SLIDER_RANGE to +SLIDER_RANGE steps (one step: the distance between the
-# mean latents of faces with and without the attribute, along its direction).
-SLIDER_RANGE = 3.0
+# mean latents of faces with and without the attribute). Further out the 64-px decoder leaves
+# the faces it knows (looked at: smiling at -2.4 turns the face grey and blotchy).
+SLIDER_RANGE = 2.0
 
 
 @dataclass
@@ -35,6 +38,10 @@ class Attribute:
     note: str = ""
     kind: str = "named"  # "named" (from labels) or "pca" (unlabelled direction)
     default_hold: tuple[str, ...] = ()
+    quality_independent: str = ""  # the quality with the held attributes free ("": the same)
+
+    def quality_in(self, conditional: bool) -> str:
+        return self.quality if conditional or not self.quality_independent else self.quality_independent
 
 
 @dataclass
@@ -94,7 +101,8 @@ class AttributeSet:
         return out
 
     def visible(self) -> list[Attribute]:
-        return [a for a in self.attributes if a.quality != "hidden"]
+        """The sliders that passed the judge in the current mode (conditional or not)."""
+        return [a for a in self.attributes if a.quality_in(self.conditional) != "hidden"]
 
     # ---- files ---------------------------------------------------------------------
     def save(self, model_dir: Path, **meta: object) -> None:
@@ -109,7 +117,7 @@ class AttributeSet:
             "latent_dim": self.latent_dim,
             "attributes": [
                 {"name": a.name, "label": a.label, "step": a.step, "quality": a.quality, "note": a.note,
-                 "kind": a.kind, "default_hold": list(a.default_hold)}
+                 "kind": a.kind, "default_hold": list(a.default_hold), "quality_independent": a.quality_independent}
                 for a in self.attributes
             ],
             **meta,
@@ -128,7 +136,8 @@ class AttributeSet:
             doc = json.loads(names_path.read_text(encoding="utf-8"))
             attrs = [Attribute(name=a["name"], label=a.get("label", a["name"]), step=float(a["step"]),
                                quality=a.get("quality", "good"), note=a.get("note", ""), kind=a.get("kind", "named"),
-                               default_hold=tuple(a.get("default_hold", ())))
+                               default_hold=tuple(a.get("default_hold", ())),
+                               quality_independent=a.get("quality_independent", ""))
                      for a in doc["attributes"]]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ModelError(f"attribute list {names_path} is damaged ({e})") from None
@@ -145,7 +154,8 @@ class AttributeSet:
         return cls(attrs, d)
 
     def describe(self) -> list[dict[str, object]]:
-        return [{"name": a.name, "label": a.label, "quality": a.quality, "kind": a.kind} for a in self.attributes]
+        return [{"name": a.name, "label": a.label, "quality": a.quality_in(self.conditional), "kind": a.kind}
+                for a in self.attributes]
 
 
 def unit(v: np.ndarray) -> np.ndarray:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.align import edge_feather
+
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -174,11 +176,28 @@ class BrushOptimizer:
 
 @dataclass(frozen=True)
 class MaskSettings:
-    """M = clip(gain * blur(mean_c |G(z) - G(z0)|) - floor, 0, 1) / (1 - floor)."""
+    """How a new decoder output reaches the photo.
+
+    The brush and the latent canvas *replace* content: the photo is blended towards G(z)
+    by M = clip(gain * blur(mean_c |G(z) - G(z0)|) - floor, 0, 1) / (1 - floor), so only
+    what clearly changed is taken from the (smoother) decoder output.
+
+    Attribute sliders *shift* content: their change S = G(z) - G(z without the sliders) is
+    added onto the photo, weighted by W = clip((blur(mean_c |S|) - shift_floor) /
+    (shift_full - shift_floor), 0, 1), so the photo keeps its own detail and a subtle,
+    spread-out change (the corners of a mouth lifting) shows in full instead of being
+    cut to the part above M's threshold. A slider also moves broad areas (a hair colour
+    lightens the background a little): W fades out towards the crop's border, so the edit
+    has no visible edge where the crop ends in the photo.
+    """
 
     sigma: float = 0.7  # in pixels of a 64-pixel crop; scaled with the resolution
     gain: float = 4.0
     floor: float = 0.08
+    shift_sigma: float = 1.5
+    shift_floor: float = 0.01  # mean |S| per pixel (images in [-1, 1]) below which nothing is added
+    shift_full: float = 0.04  # ... and from which S is added in full
+    shift_fade: float = 0.15  # W fades to 0 over this share of the crop at its border
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -198,17 +217,41 @@ def blur(m: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(m, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
 
 
+def _blurred_change(change: torch.Tensor, sigma_at_64: float) -> torch.Tensor:
+    return blur(change.abs().mean(1, keepdim=True), sigma_at_64 * change.shape[-1] / 64)
+
+
 def change_mask(generated: torch.Tensor, recon0: torch.Tensor, settings: MaskSettings = MaskSettings()) -> torch.Tensor:
     """(N, 1, R, R) blend weights in [0, 1]: where the decoder output moved away from G(z0)."""
-    diff = (generated - recon0).abs().mean(1, keepdim=True)
-    sigma = settings.sigma * generated.shape[-1] / 64
-    m = blur(diff, sigma) * settings.gain
+    m = _blurred_change(generated - recon0, settings.sigma) * settings.gain
     return ((m - settings.floor) / (1 - settings.floor)).clamp(0, 1)
 
 
+def shift_weight(shift: torch.Tensor, settings: MaskSettings = MaskSettings()) -> torch.Tensor:
+    """(N, 1, R, R) weights in [0, 1] with which a slider change is added to the photo."""
+    m = _blurred_change(shift, settings.shift_sigma)
+    w = ((m - settings.shift_floor) / (settings.shift_full - settings.shift_floor)).clamp(0, 1)
+    if settings.shift_fade > 0:
+        w = w * torch.from_numpy(edge_feather(shift.shape[-1], settings.shift_fade)).to(w)
+    return w
+
+
 def render(x: torch.Tensor, recon0: torch.Tensor, generated: torch.Tensor,
-           settings: MaskSettings = MaskSettings()) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shown crop y = (1 - M) x + M G(z), and M. Where M = 0, y equals x exactly."""
-    mask = change_mask(generated, recon0, settings)
-    y = torch.where(mask > 0, x + mask * (generated - x), x)
+           settings: MaskSettings = MaskSettings(),
+           without_sliders: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shown crop and where it differs from the photo x.
+
+    ``generated`` is G(z); ``without_sliders`` is G(z minus the slider offsets) when any
+    slider is set (None otherwise: then it is ``generated``). The brush's change is blended
+    in, y = (1 - M) x + M G(z_brush); the sliders' change is added, y += W S. Returns y
+    (clipped to [-1, 1]) and max(M, W); where that is 0, y equals x exactly.
+    """
+    plain = generated if without_sliders is None else without_sliders
+    mask = change_mask(plain, recon0, settings)
+    y = torch.where(mask > 0, x + mask * (plain - x), x)
+    if without_sliders is not None:
+        shift = generated - without_sliders
+        weight = shift_weight(shift, settings)
+        y = torch.where(weight > 0, (y + weight * shift).clamp(-1, 1), y)
+        mask = torch.maximum(mask, weight)
     return y, mask

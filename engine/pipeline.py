@@ -46,6 +46,8 @@ class Engine:
             "attributes": [a.name for a in self.attributes.visible() if a.kind == "named"],
             "latent_directions": [a.name for a in self.attributes.visible() if a.kind == "pca"],
             "attributes_failing_the_judge": [a.name for a in self.attributes.attributes if a.quality == "hidden"],
+            "attributes_with_correlated_attributes_free": [
+                a.name for a in self.attributes.attributes if a.kind == "named" and a.quality_in(False) != "hidden"],
         }
 
 

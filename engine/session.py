@@ -54,9 +54,9 @@ class Stroke:
 class CropRender:
     """The model-resolution result of the current state."""
 
-    shown: torch.Tensor  # (1, 3, R, R) (1 - M) x + M G(z)
+    shown: torch.Tensor  # (1, 3, R, R) what the editor shows (engine.edit.render)
     generated: torch.Tensor  # (1, 3, R, R) G(z)
-    mask: torch.Tensor  # (1, 1, R, R)
+    mask: torch.Tensor  # (1, 1, R, R) where shown differs from the photo's crop
 
 
 class EditSession:
@@ -94,12 +94,14 @@ class EditSession:
         self.position = 0
         self.stroke: Stroke | None = None
         self._render: CropRender | None = None
+        self._plain: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def to(self, device: str | torch.device) -> None:
         """Move the session (not the model) to another device; a stroke in progress continues."""
         self.device = torch.device(device)
         for name in ("x", "recon0", "z0", "z_base"):
             setattr(self, name, getattr(self, name).to(self.device))
+        self._plain = None
         if self.stroke is not None:  # the optimiser restarts from the current latent
             old = self.stroke.optimizer
             self.stroke.optimizer = BrushOptimizer(self.z, old.rule, old.radius_px, old.keep_image.to(self.device))
@@ -114,6 +116,10 @@ class EditSession:
     def slider_offset(self, sliders: dict[str, float] | None = None) -> torch.Tensor:
         values = self.sliders if sliders is None else sliders
         return self.attributes.offset(values).to(self.device).view(1, -1)
+
+    @property
+    def sliders_set(self) -> bool:
+        return any(v != 0 for v in self.sliders.values())
 
     @property
     def z(self) -> torch.Tensor:
@@ -243,11 +249,15 @@ class EditSession:
         if not s.alpha.any():  # the stroke is entirely outside the face crop
             return self.render()
         paint, alpha, halo = self._paint_tensors()
+        plain = None
+        if self.sliders_set:  # the brush's own change, for the preview's blend mask
+            with torch.inference_mode():
+                plain = self.decoder(s.optimizer.z.detach() - self.slider_offset())
         generated, loss = s.optimizer.step(self.decoder, paint, alpha, halo)
         s.losses.append(loss)
         self.z_base = s.optimizer.z.detach() - self.slider_offset()
         # the preview shows the decoder output computed for this step (one step behind)
-        shown, mask = render(self.x, self.recon0, generated, self.mask_settings)
+        shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain)
         self._render = None
         return CropRender(shown, generated, mask)
 
@@ -276,13 +286,24 @@ class EditSession:
         if self._render is None:
             with torch.inference_mode():
                 generated = self.decoder(self.z)
-                shown, mask = render(self.x, self.recon0, generated, self.mask_settings)
+                plain = self._without_sliders() if self.sliders_set else None
+                shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain)
             self._render = CropRender(shown, generated, mask)
         return self._render
 
+    def _without_sliders(self) -> torch.Tensor:
+        """G(z_base), kept while z_base stays the same (as it does while a slider is dragged)."""
+        if self._plain is None or not torch.equal(self._plain[0], self.z_base):
+            self._plain = (self.z_base.clone(), self.decoder(self.z_base))
+        return self._plain[1]
+
     def composite(self, pixels: np.ndarray | None = None, scale: float = 1.0, result: CropRender | None = None,
                   keep_detail: bool = True) -> np.ndarray:
-        """The photo (or a copy of it resized by ``scale``) with the edit pasted back."""
+        """The photo (or a copy of it resized by ``scale``) with the edit pasted back.
+
+        ``keep_detail``: the photo moves by the shown crop's change (what the editor shows);
+        otherwise ``result.generated`` is blended in by ``result.mask`` (the raw and mask views).
+        """
         res = result or self.render()
         base = self.photo.pixels if pixels is None else pixels
         t = self.transform.copy()
@@ -290,10 +311,11 @@ class EditSession:
             t[:, :2] /= scale
             # pixel centres: photo x = (display x + 0.5) / scale - 0.5
             t[:, 2] = align.apply(self.transform, np.array([[0.5 / scale - 0.5, 0.5 / scale - 0.5]]))[0]
-        gen = _to_255(res.generated)
         mask = res.mask[0, 0].detach().cpu().numpy()
-        crop = _to_255(self.x) if keep_detail else None
-        return align.paste_back(base, t, gen, mask, crop=crop)
+        if keep_detail:
+            change = ((res.shown - self.x)[0] * 127.5).permute(1, 2, 0).detach().float().cpu().numpy()
+            return align.paste_back(base, t, change, mask, add=True)
+        return align.paste_back(base, t, _to_255(res.generated), mask)
 
     @property
     def edited(self) -> bool:

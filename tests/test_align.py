@@ -53,11 +53,10 @@ def test_paste_back_changes_only_where_the_mask_is_nonzero() -> None:
     assert np.array_equal(align.paste_back(photo, t, gen, np.zeros_like(mask)), photo)
 
 
-def test_paste_back_with_detail_moves_by_the_low_frequency_change() -> None:
+def test_paste_back_adding_a_change_moves_the_photo_by_it() -> None:
     photo = np.full((200, 200, 3), 100, np.uint8)
     t = align.eyes_to_crop(np.array([[80.0, 90.0], [120.0, 90.0]]), 32)
-    crop = align.warp_to_crop(photo, t, 32).astype(np.float32)
-    out = align.paste_back(photo, t, crop + 50, np.ones((32, 32), np.float32), crop=crop)
+    out = align.paste_back(photo, t, np.full((32, 32, 3), 50, np.float32), np.ones((32, 32), np.float32), add=True)
     centre = align.apply(align.invert(t), np.array([[16.0, 16.0]]))[0].round().astype(int)
     assert abs(int(out[centre[1], centre[0], 0]) - 150) <= 1
 

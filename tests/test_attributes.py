@@ -42,6 +42,18 @@ def test_conditional_direction_is_orthogonal_to_the_held_ones() -> None:
     assert torch.allclose(off, 2.0 * g)
 
 
+def test_a_slider_can_pass_the_judge_only_with_its_correlated_attributes_free(tmp_path: Path) -> None:
+    d = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]])
+    attrs = AttributeSet([Attribute("gray", "Gray", 1.0, quality="hidden", quality_independent="weak",
+                                    default_hold=("age",)), Attribute("age", "Age", 1.0)], d)
+    attrs.save(tmp_path)
+    attrs = AttributeSet.load(tmp_path, 3)
+    assert [a.name for a in attrs.visible()] == ["age"]
+    attrs.set_conditional(False)
+    assert [a.name for a in attrs.visible()] == ["gray", "age"]
+    assert attrs.describe()[0]["quality"] == "weak"
+
+
 def test_a_learned_slider_moves_a_pixel_judge_the_right_way() -> None:
     """Label = 'the decoded face is bright'; the learned direction must brighten faces."""
     model = make_tiny_model(2)
@@ -61,6 +73,21 @@ def test_a_learned_slider_moves_a_pixel_judge_the_right_way() -> None:
         lower = model.decode(zt - step).mean(dim=(1, 2, 3))
     assert (after > before).float().mean() > 0.9
     assert (lower < before).float().mean() > 0.9
+
+
+def test_one_step_moves_the_average_face_without_to_the_average_face_with() -> None:
+    rng = np.random.default_rng(3)
+    lat = rng.normal(size=(2000, 6)).astype(np.float32)
+    positive = rng.random(2000) < 0.3
+    lat[positive] += np.array([2.0, -1.0, 0, 0, 0, 0], np.float32)
+    lat[:, 5] *= 0.01  # a low-variance axis that separates perfectly ...
+    lat[positive, 5] += 0.05  # ... but would move the decoded face by almost nothing
+    d = fit_direction(lat, positive, "x")
+    moved = lat[~positive].mean(0) + d.step * d.vector
+    assert np.allclose(moved, lat[positive].mean(0), atol=1e-4)
+    assert np.linalg.norm(d.vector) == pytest.approx(1.0, abs=1e-5)
+    assert abs(d.vector[5]) < 0.05
+    assert 0.8 < d.latent_accuracy < 1.0
 
 
 def test_label_holds_find_correlated_attributes() -> None:
@@ -100,3 +127,44 @@ def test_quality_marks() -> None:
 def test_judge_shapes() -> None:
     j = AttributeJudge(40, width=4)
     assert j(torch.zeros(2, 3, 32, 32)).shape == (2, 40)
+
+
+def test_learning_and_judging_sliders_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`npe attributes` then `npe eval --attributes` on a tiny labelled cache: files, figures, grid."""
+    import json
+
+    from engine.cli import main
+    from tests.test_train import make_cache
+
+    data = make_cache(tmp_path / "data", n=240, size=TINY.resolution)
+    cache = data / f"aligned-{TINY.resolution}"
+    rng = np.random.default_rng(5)
+    male = rng.choice(np.array([-1, 1], np.int8), 240)
+    smiling = np.where(rng.random(240) < 0.8, male, -male).astype(np.int8)  # correlated: smiling holds male
+    young = rng.choice(np.array([-1, 1], np.int8), 240)
+    np.save(cache / "labels.npy", np.stack([smiling, male, young], 1))
+    meta = json.loads((cache / "meta.json").read_text())
+    meta["attribute_names"] = ["Smiling", "Male", "Young"]
+    (cache / "meta.json").write_text(json.dumps(meta))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    for f in ("attributes.json", "attributes.safetensors"):
+        (model / f).unlink()
+    assert main(["attributes", "--data", str(data), "--weights", str(model), "--device", "cpu"]) == 0
+    attrs = AttributeSet.load(model, TINY.latent_dim)
+    assert [a.name for a in attrs.attributes if a.kind == "named"] == ["smiling", "male", "age"]
+    assert attrs.get("smiling").default_hold == ("male",)
+    assert all(a.quality in ("good", "weak", "hidden") for a in attrs.attributes)
+    assert (model / "judge.safetensors").exists()
+    doc = json.loads((model / "attributes.json").read_text())
+    smiling = doc["evaluation"]["smiling"]
+    assert {"flip_to_positive", "flip_to_positive_at_slider_end", "judge_false_positive_before",
+            "flip_to_positive_independent", "outside_face_change"} <= set(smiling)
+    assert "flip_to_positive_independent" not in doc["evaluation"]["age"]  # age holds nothing here
+    grid = tmp_path / "grid.png"
+    assert main(["eval", "--attributes", "--data", str(data), "--weights", str(model), "--device", "cpu",
+                 "--n", "20", "--grid", str(grid)]) == 0
+    from PIL import Image
+
+    with Image.open(grid) as im:
+        assert im.size[1] > 3 * TINY.resolution  # a row per slider

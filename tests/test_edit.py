@@ -76,6 +76,22 @@ def test_render_keeps_the_photo_where_nothing_changed() -> None:
     assert torch.equal(y[0][:, far], x[0][:, far])
 
 
+def test_a_slider_change_is_added_in_full_and_keeps_the_photo_detail() -> None:
+    x = torch.rand(1, 3, 32, 32) * 1.6 - 0.8
+    plain = torch.zeros(1, 3, 32, 32)  # G(z without sliders) = G(z0): no brush edit
+    shift = torch.zeros(1, 3, 32, 32)
+    shift[..., 8:24, 8:24] = 0.1  # a subtle, spread-out change (a slider's)
+    settings = MaskSettings()
+    y, weight = render(x, plain, plain + shift, settings, without_sliders=plain)
+    inner = (slice(None), slice(None), slice(12, 20), slice(12, 20))
+    assert torch.allclose(y[inner], x[inner] + 0.1, atol=1e-6)  # all of it, on top of the photo
+    assert torch.equal(y[..., :2, :], x[..., :2, :])  # nothing far away
+    assert weight[..., 16, 16] == 1
+    # the brush's blend rule would show only part of the same change, and lose the photo's detail
+    blended, _ = render(x, plain, plain + shift, settings)
+    assert not torch.allclose(blended[inner], x[inner] + 0.1, atol=1e-3)
+
+
 def test_bad_latent_shape_names_the_dimension() -> None:
     from engine.edit import check_image
 

@@ -183,13 +183,25 @@ def test_sliders_that_failed_the_judge_show_only_on_request(qtbot) -> None:
 
     panel = AttributePanel()
     qtbot.addWidget(panel)
-    panel.set_attributes((("smiling", "Smiling", "good"), ("bald", "Bald", "hidden"), ("male", "Male", "weak")))
+    panel.set_attributes((("smiling", "Smiling", "good", "good"), ("bald", "Bald", "hidden", "hidden"),
+                          ("male", "Male", "weak", "weak"), ("gray_hair", "Gray hair", "hidden", "weak")))
     assert set(panel.sliders) == {"smiling", "male"}
-    panel.set_values({"smiling": 1.0, "bald": -0.5})
+    # gray hair passes the judge only with its correlated attribute (age) free
+    panel.conditional.setChecked(False)
+    assert set(panel.sliders) == {"smiling", "male", "gray_hair"}
+    panel.conditional.setChecked(True)
+    assert set(panel.sliders) == {"smiling", "male"}
     panel.show_failed.setChecked(True)
-    assert set(panel.sliders) == {"smiling", "bald", "male"}
+    assert set(panel.sliders) == {"smiling", "bald", "male", "gray_hair"}
+    panel.set_values({"smiling": 1.0, "bald": -0.5})
     # rebuilding keeps the engine's values on the sliders
-    assert panel.sliders["bald"].value() == -50
+    panel.show_failed.setChecked(False)
     assert panel.sliders["smiling"].value() == 100
+    # a failed slider that holds a value stays visible, so it can be seen and reset
+    assert panel.sliders["bald"].value() == -50
+    panel.set_values({"smiling": 1.0})
+    panel.show_failed.setChecked(True)
     panel.show_failed.setChecked(False)
     assert "bald" not in panel.sliders
+    panel.set_values({"bald": 0.5})  # e.g. a session file: the slider appears with its value
+    assert panel.sliders["bald"].value() == 50

@@ -97,8 +97,18 @@ def test_sliders_and_brush_combine(engine, face_photo: Path) -> None:
     assert not torch.equal(s.z, z_slider)
     offset = s.attributes.offset({"smiling": 1.5}).view(1, -1)
     assert torch.allclose(s.z - s.z_base, offset)
+    # the shown crop is the brush's blend of G(z_base) plus the sliders' change, and stays
+    # right after z_base moves (the cached G(z_base) is not reused for another latent)
+    from engine.edit import render
+
+    def expected() -> torch.Tensor:
+        with torch.inference_mode():
+            return render(s.x, s.recon0, s.decoder(s.z), s.mask_settings, s.decoder(s.z_base))[0]
+
+    assert torch.equal(s.render().shown, expected())
     s.undo()
     assert torch.equal(s.z, z_slider)
+    assert torch.equal(s.render().shown, expected())
     with pytest.raises(ValueError, match="unknown"):
         s.set_sliders({"nope": 1.0})
 
