@@ -138,6 +138,21 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         out["display_ms_p95"] = _ms(display[10:], 95)
         out["overhead_ratio"] = round(p50 / max(step_ms, 1e-6), 3)
 
+        # a slider dragged from 0 to +1 (after the stroke: the brush edit and the slider combine)
+        named = [a.name for a in engine.attributes.visible() if a.kind == "named"]
+        if named:
+            slider = []
+            for v in np.linspace(0.02, 1.0, 50):
+                _sync(dev)
+                t0 = time.perf_counter()
+                session.set_sliders({named[0]: float(v)})
+                frame = session.composite(screen, scale)
+                _ = np.ascontiguousarray(frame).copy()
+                _sync(dev)
+                slider.append(time.perf_counter() - t0)
+            out["slider_event_ms_p50"] = _ms(slider[5:], 50)
+            out["slider_event_ms_p95"] = _ms(slider[5:], 95)
+
         t0 = time.perf_counter()
         save_image(Path(tmp) / "export.jpg", session.composite(), quality=95, photo=session.photo)
         out["export_ms"] = round((time.perf_counter() - t0) * 1000, 1)

@@ -37,6 +37,16 @@ def test_info_prints_json(tiny_model_dir: Path, capsys: pytest.CaptureFixture[st
     assert info["weights"].endswith("model.safetensors")
 
 
+def test_bench_prints_every_figure(tiny_model_dir: Path, face_photo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--weights", str(tiny_model_dir), "--device", "cpu", "--threads", "1",
+                 "--photo", str(face_photo), "--events", "20"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    for key in ("decoder_step_ms", "open_to_editable_ms", "brush_event_ms_p50", "brush_event_ms_p95",
+                "display_ms_p95", "slider_event_ms_p50", "export_ms", "peak_rss_mb"):
+        assert figures[key] > 0, key
+    assert figures["brush_events"] == 10  # the first 10 samples warm up
+
+
 def test_edit_writes_the_edited_photo(tiny_model_dir: Path, face_photo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.png"
     rc = main(["edit", str(face_photo), "-o", str(out), "--weights", str(tiny_model_dir),
