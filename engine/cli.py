@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -264,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return HANDLERS[args.command](args)
+    except BrokenPipeError:  # the reader went away (`npe info | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except (UsageError, ImageError, ModelError, NoFaceError, KeyError, ValueError, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"npe {args.command}: error: {msg}", file=sys.stderr)

@@ -47,6 +47,18 @@ def test_bench_prints_every_figure(tiny_model_dir: Path, face_photo: Path, capsy
     assert figures["brush_events"] == 10  # the first 10 samples warm up
 
 
+def test_a_closed_pipe_is_not_an_error(tiny_model_dir: Path) -> None:
+    """`npe info | head -1`: the reader goes away; no error message, the shell's SIGPIPE status."""
+    with subprocess.Popen([sys.executable, "-m", "engine.cli", "info", "--weights", str(tiny_model_dir)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p:
+        assert p.stdout is not None
+        assert p.stderr is not None
+        p.stdout.close()  # before the program (still importing torch) writes anything
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 141
+    assert err == ""
+
+
 def test_edit_writes_the_edited_photo(tiny_model_dir: Path, face_photo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.png"
     rc = main(["edit", str(face_photo), "-o", str(out), "--weights", str(tiny_model_dir),
