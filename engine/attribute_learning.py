@@ -278,8 +278,7 @@ def judge_sliders(engine: object, attrs: AttributeSet, judge: AttributeJudge, ju
                           "judge_false_positive_before": round(base_rate, 3),
                           "other_attributes_change": round(other_change, 4), "outside_face_change": round(outside, 4),
                           "n_without": int((~has).sum()), "n_with": int(has.sum())}
-        held = attrs.hold.get(a.name, a.default_hold)
-        if held:  # the same slider with the correlated attributes free (the editor's other mode)
+        if attrs.held(a.name):  # the same slider with the correlated attributes free (the editor's other mode)
             free = attrs.direction(a.name, hold=()) * a.step
             for key, v in (("flip_to_positive_independent", 1.0),
                            ("flip_to_positive_at_slider_end_independent", SLIDER_RANGE)):

@@ -71,10 +71,14 @@ class AttributeSet:
     def get(self, name: str) -> Attribute:
         return self.attributes[self.index(name)]
 
+    def held(self, name: str) -> tuple[str, ...]:
+        """The attributes ``name``'s slider holds fixed in the current mode."""
+        return self.hold.get(name, self.get(name).default_hold)
+
     def direction(self, name: str, hold: tuple[str, ...] | None = None) -> torch.Tensor:
         """The unit direction for ``name``, with the ``hold`` directions projected out."""
         d = self.directions[self.index(name)].clone()
-        held = self.hold.get(name, self.get(name).default_hold) if hold is None else hold
+        held = self.held(name) if hold is None else hold
         basis = [self.directions[self.index(h)] for h in held if h != name and h in self.names]
         if basis:
             q, _ = torch.linalg.qr(torch.stack(basis, 1))  # (D, k) orthonormal

@@ -249,13 +249,14 @@ class EditSession:
         if not s.alpha.any():  # the stroke is entirely outside the face crop
             return self.render()
         paint, alpha, halo = self._paint_tensors()
+        offset = self.slider_offset()
         plain = None
         if self.sliders_set:  # the brush's own change, for the preview's blend mask
             with torch.inference_mode():
-                plain = self.decoder(s.optimizer.z.detach() - self.slider_offset())
+                plain = self.decoder(s.optimizer.z.detach() - offset)
         generated, loss = s.optimizer.step(self.decoder, paint, alpha, halo)
         s.losses.append(loss)
-        self.z_base = s.optimizer.z.detach() - self.slider_offset()
+        self.z_base = s.optimizer.z.detach() - offset
         # the preview shows the decoder output computed for this step (one step behind)
         shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain)
         self._render = None
