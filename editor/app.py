@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QApplication
 
+from editor import display
 from editor.main_window import MainWindow
 from engine.pipeline import Engine
 
@@ -24,7 +25,10 @@ def engine_factory(weights: str | None, device: str):
 
 def run(photo: str | None = None, weights: str | None = None, device: str = "auto") -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app = QApplication.instance()
+    if app is None:
+        display.require()  # one clear line instead of Qt aborting the process
+        app = QApplication(sys.argv[:1])
     app.setApplicationName("Neural Photo Editor")
     app.setOrganizationName("neural-photo-editor")
     window = MainWindow(engine_factory(weights, device))

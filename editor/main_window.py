@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -138,6 +139,11 @@ class MainWindow(QMainWindow):
         self.resizeDocks([latent_dock, attr_dock], [330, 470], Qt.Orientation.Vertical)
         self.status_engine = QLabel("starting the model...")
         self.status_timing = QLabel("")
+        self.status_timing.setToolTip(
+            "Engine time of the last update, from taking the request to the new picture.\n"
+            "brush step: one latent update while you paint (the live figure);\n"
+            "finishing the stroke: a few refining steps and the undo step, once, on release.")
+        self._stroke_ms: list[float] = []  # brush step times of the stroke being painted
         self.statusBar().addPermanentWidget(self.status_timing)
         self.statusBar().addPermanentWidget(self.status_engine)
         self._build_actions()
@@ -365,6 +371,7 @@ class MainWindow(QMainWindow):
     def _stroke_started(self, x: float, y: float) -> None:
         if not self._editable():
             return
+        self._stroke_ms = []
         self._send(rq.StrokeBegin, color=self.settings.color_rgb, radius=self.canvas.brush_radius_photo(),
                    strength=self.settings.brush_strength / 100)
         self._send(rq.StrokeMove, points=((x, y),))
@@ -495,14 +502,30 @@ class MainWindow(QMainWindow):
         if not self.latent.isHidden():
             self.latent.set_latent(f.latent)
         self.attributes.set_values(dict(f.sliders))
-        if f.edited and f.mode == "edit":
+        if f.edited and f.mode == "edit" and f.work != "view":  # a new edit, not a redraw of the exported one
             self.exported_state = False
         self.act_undo.setEnabled(f.can_undo)
         self.act_redo.setEnabled(f.can_redo)
-        self.status_timing.setText(f"{f.ms:.0f} ms ")
+        self._show_timing(f)
         name = f.name + (" *" if f.edited else "")
         self.setWindowTitle(f"{name} - Neural Photo Editor")
         self.frame_shown.emit(f)
+
+    def _show_timing(self, f: rq.Frame) -> None:
+        """The engine time of the last update, named. While painting: each brush step (the live
+        figure). When the stroke ends: the median step of that stroke, then what finishing took.
+        Redraws (resizing, views) leave the last edit's figure in place."""
+        if f.work == "view":
+            return
+        if f.work == "brush step":
+            self._stroke_ms.append(f.ms)
+            text = f"brush step {f.ms:.0f} ms"
+        elif f.work == "stroke end" and self._stroke_ms:
+            text = (f"brush step {statistics.median(self._stroke_ms):.0f} ms (median of {len(self._stroke_ms)}); "
+                    f"finishing the stroke {f.ms:.0f} ms")
+        else:
+            text = f"{f.work or 'update'} {f.ms:.0f} ms"
+        self.status_timing.setText(text + " ")
 
     def _opened(self, o: rq.Opened) -> None:
         self.opened = o
@@ -531,6 +554,7 @@ class MainWindow(QMainWindow):
         self.message.emit(a.message)
         if a.fatal:
             self.status_engine.setText("no model loaded")
+            self.attributes.set_unavailable("No model is loaded, so there are no sliders.")
             self.canvas.clear(f"The model could not be loaded:\n{a.message}")
         if self.ask and (a.fatal or a.request in ("OpenPhoto", "OpenSession", "Export", "SaveSession")):
             QMessageBox.warning(self, "Neural Photo Editor", a.message)

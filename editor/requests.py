@@ -150,8 +150,9 @@ class Frame:
     face_index: int = 0
     crop: np.ndarray | None = None  # the shown crop at model resolution
     mode: str = "edit"
-    ms: float = 0.0  # engine time for this frame
+    ms: float = 0.0  # engine time for this frame: from taking its requests to the picture, not counting the paste
     name: str = ""
+    work: str = ""  # what that time was spent on (``work_label``)
 
 
 @dataclass(frozen=True)
@@ -229,3 +230,14 @@ def merge(batch: list[Request], generation: int = 0) -> list[Request]:
         else:
             out.append(r)
     return out
+
+
+def work_label(work: list[Request]) -> str:
+    """What a handled batch did, as the status bar names its time: the most expensive part wins."""
+    kinds = {type(r) for r in work}
+    for cls, label in ((OpenPhoto, "open"), (OpenSession, "open"), (StrokeEnd, "stroke end"),
+                       (StrokeMove, "brush step"), (SetSliders, "slider"), (SetLatent, "latent canvas"),
+                       (Undo, "undo"), (Redo, "redo"), (Reset, "reset"), (Sample, "sample")):
+        if cls in kinds:
+            return label
+    return "view"

@@ -21,6 +21,8 @@ from editor.canvas import qimage_from_array
 from engine.attributes import SLIDER_RANGE
 
 STEPS = 100  # slider ticks per unit
+LOADING = "Loading the model... the sliders appear when it is ready."
+NO_ATTRIBUTES = "This model has no attribute directions."
 
 
 class AttributePanel(QWidget):
@@ -52,7 +54,7 @@ class AttributePanel(QWidget):
         self._attributes: tuple[tuple[str, str, str, str], ...] = ()
         self._values: dict[str, float] = {}
         self.strips: dict[str, QLabel] = {}
-        self.empty = QLabel("This model has no attribute directions.")
+        self.empty = QLabel(LOADING)
         self.empty.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -73,6 +75,13 @@ class AttributePanel(QWidget):
         slider: 'weak' ones are marked, 'hidden' ones (failed the judge in the current mode)
         shown only on request or while they hold a value."""
         self._attributes = attributes
+        self.empty.setText(NO_ATTRIBUTES)
+        self._populate()
+
+    def set_unavailable(self, text: str) -> None:
+        """No sliders can be had (the model failed to load): say so instead of 'loading'."""
+        self._attributes = ()
+        self.empty.setText(text)
         self._populate()
 
     def _populate(self) -> None:

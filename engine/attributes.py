@@ -13,6 +13,7 @@ Conditional editing: a direction can be made orthogonal to others (``hold``), so
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,19 @@ class AttributeSet:
 
     def get(self, name: str) -> Attribute:
         return self.attributes[self.index(name)]
+
+    def check_value(self, name: str, value: float) -> None:
+        """Raise ``ValueError`` (message for the user) unless ``value`` is a setting ``name``'s slider can take."""
+        self.index(name)  # an unknown name is a KeyError that lists the known ones
+        if not math.isfinite(value):
+            raise ValueError(f"{name}={value}: a slider value must be a finite number")
+        if abs(value) > SLIDER_RANGE:
+            raise ValueError(f"{name}={value:g} is outside the slider's range, {-SLIDER_RANGE:g} to "
+                             f"+{SLIDER_RANGE:g} (further out the model leaves the faces it knows)")
+
+    def failed_the_judge(self, name: str) -> bool:
+        """Whether ``name``'s slider failed the attribute judge in the current mode."""
+        return self.get(name).quality_in(self.conditional) == "hidden"
 
     def held(self, name: str) -> tuple[str, ...]:
         """The attributes ``name``'s slider holds fixed in the current mode."""

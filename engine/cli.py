@@ -2,7 +2,7 @@
 
     npe [PHOTO]                       start the editor (on PHOTO, or on the default face)
     npe info                          the model, as JSON
-    npe edit PHOTO -o OUT [--stroke S]... [--attr NAME=V]...
+    npe edit PHOTO -o OUT [--stroke S]... [--attr NAME=V]...   (prints a one-line summary)
     npe align PHOTO -o CROP.png       the aligned crop; faces, landmarks, transform as JSON
     npe train --data DIR --out RUN    train the face model
     npe eval --data DIR               evaluate a model, as JSON
@@ -19,11 +19,17 @@ import argparse
 import dataclasses
 import importlib
 import json
+import math
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.attributes import AttributeSet
 
 COMMANDS = ("info", "edit", "align", "train", "eval", "attributes", "landmarks", "bench", "gui")
 STROKE_RE = re.compile(r"^#?([0-9a-fA-F]{6}):(\d+(?:\.\d+)?):(.+)$")
@@ -58,12 +64,52 @@ def parse_stroke(text: str) -> tuple[tuple[int, int, int], float, list[tuple[flo
 
 def parse_attr(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise UsageError(f"bad --attr {text!r}: expected NAME=VALUE, e.g. smiling=1.5")
     try:
-        if not sep:
-            raise ValueError
-        return name.strip(), float(value)
+        number = float(value)
     except ValueError:
-        raise UsageError(f"bad --attr {text!r}: expected NAME=VALUE, e.g. smiling=1.5") from None
+        raise UsageError(f"bad --attr {text!r}: {value.strip()!r} is not a number (e.g. smiling=1.5)") from None
+    if not math.isfinite(number):
+        raise UsageError(f"bad --attr {text!r}: the value must be a finite number (e.g. smiling=1.5)")
+    return name.strip(), number
+
+
+def check_attrs(attributes: AttributeSet, attrs: dict[str, float], allow_failed: bool) -> list[str]:
+    """Refuse unknown names and values outside a slider's range, and sliders that failed the judge
+    unless ``allow_failed``; returns the warnings to print."""
+    warnings = []
+    for name, value in attrs.items():
+        attributes.check_value(name, value)
+        if attributes.failed_the_judge(name):
+            mode = "with correlated attributes held fixed" if attributes.conditional else "with --independent"
+            if not allow_failed:
+                raise UsageError(f"the {name} slider failed the attribute judge {mode} (its edit may not show "
+                                 "the attribute; see pretrained/MODEL_CARD.md): pass --allow-failed to use it anyway")
+            warnings.append(f"the {name} slider failed the attribute judge {mode}: its edit may not show the attribute")
+    return warnings
+
+
+def attribute_help(model_dir: Path | None = None) -> str:
+    """The epilog of ``npe edit --help``: the model's sliders, their range and judged quality."""
+    from engine.attributes import NAMES_FILE, SLIDER_RANGE
+    from engine.checkpoint import default_model_dir
+
+    d = model_dir or default_model_dir()
+    try:
+        rows = json.loads((d / NAMES_FILE).read_text(encoding="utf-8"))["attributes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"(no attribute list could be read from {d})"
+    quality = {"good": "", "weak": "weak", "hidden": "failed the judge: needs --allow-failed"}
+    lines = [f"attributes of the model in {d} (--attr NAME=VALUE, VALUE from {-SLIDER_RANGE:g} to "
+             f"+{SLIDER_RANGE:g}; 0 leaves the photo as it is; judged good unless marked):"]
+    for a in rows:
+        q = quality.get(a.get("quality", "good"), a.get("quality", ""))
+        free = a.get("quality_independent") or a.get("quality", "good")
+        extra = f"; with --independent: {quality.get(free) or 'good'}" if free != a.get("quality", "good") else ""
+        note = f"  ({q}{extra})" if q or extra else ""
+        lines.append(f"  {a['name']:<22} {a.get('label', a['name'])}{note}")
+    return "\n".join(lines)
 
 
 def _print_json(obj: object) -> None:
@@ -80,38 +126,55 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from engine.images import save_image
+    from engine.images import check_output_path, save_image
     from engine.pipeline import Engine, open_session
+    from engine.session import StrokeMissedError
 
+    t0 = time.perf_counter()
+    check_output_path(args.output)
     strokes = [parse_stroke(s) for s in args.stroke or []]
     attrs = dict(parse_attr(a) for a in args.attr or [])
     engine = Engine.load(args.weights, args.device)
     engine.attributes.set_conditional(not args.independent)
+    for warning in check_attrs(engine.attributes, attrs, args.allow_failed):  # fails before any work
+        print(f"npe edit: warning: {warning}", file=sys.stderr)
     session, faces = open_session(engine, args.photo, args.face)
-    for name in attrs:
-        engine.attributes.index(name)  # unknown names fail before any work
     if attrs:
         session.set_sliders(attrs)
         session.commit()
-    for rgb, radius, points in strokes:
+    for i, (rgb, radius, points) in enumerate(strokes, 1):
         session.brush_begin(rgb, radius, args.strength)
         for p in points:
             session.brush_to([p])
-        session.brush_end()
+        try:
+            session.brush_end()
+        except StrokeMissedError as e:
+            raise UsageError(f"stroke {i}: {e}; no file was written") from None
     out = Path(args.output)
     if out.exists() and not args.force and out.resolve() == Path(args.photo).resolve():
         raise UsageError(f"{out} is the photo being edited: pass --force to overwrite it")
     save_image(out, session.composite(), quality=args.quality, photo=session.photo)
+    face = 0 if args.face is None else args.face
+    seconds = time.perf_counter() - t0
     if args.json:
-        _print_json({"output": str(out), "faces": len(faces), "strokes": len(strokes), "attributes": attrs})
+        _print_json({"output": str(out), "size": list(session.photo.size), "faces": len(faces),
+                     "face": face if faces else None, "strokes": len(strokes), "attributes": attrs,
+                     "seconds": round(seconds, 3)})
+    else:
+        w, h = session.photo.size
+        which = f"face {face} of {len(faces)}" if faces else "no face found: the whole image"
+        edits = [f"{len(strokes)} stroke{'s' if len(strokes) != 1 else ''}"] if strokes else []
+        edits += [f"{k}={v:+g}" for k, v in attrs.items()]
+        print(f"wrote {out} ({w}x{h}; {which}; {', '.join(edits) or 'no edits'}; {seconds:.1f} s)")
     return 0
 
 
 def cmd_align(args: argparse.Namespace) -> int:
     from engine import align
-    from engine.images import load_photo, save_image
+    from engine.images import check_output_path, load_photo, save_image
     from engine.pipeline import choose_face, detect
 
+    check_output_path(args.output)
     photo = load_photo(args.photo)
     faces = detect(photo)
     face = choose_face(photo, faces, args.face, allow_whole=False)
@@ -176,7 +239,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.ArgumentParser:
+    """The parser; ``attribute_list_from``: a model folder (True: the default one) whose sliders
+    ``npe edit --help`` lists (read only when help is asked for)."""
+    from engine.attributes import SLIDER_RANGE
     from engine.train import TrainOptions
 
     parser = argparse.ArgumentParser(prog="npe", description="Neural Photo Editor")
@@ -189,12 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print the model's description as JSON")
     _add_common(p)
 
-    p = sub.add_parser("edit", help="apply strokes and sliders to a photo headlessly")
+    p = sub.add_parser("edit", help="apply strokes and sliders to a photo headlessly",
+                       description="Apply brush strokes and attribute sliders to a photo and write the result "
+                                   "at the photo's own resolution.",
+                       epilog=attribute_help(None if attribute_list_from is True else attribute_list_from)
+                       if attribute_list_from else None,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("photo")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--stroke", action="append", help="'#RRGGBB:RADIUS:x1,y1;x2,y2;...' in photo pixels")
     p.add_argument("--strength", type=float, default=1.0, help="brush strength, a factor on the step (default 1)")
-    p.add_argument("--attr", action="append", help="NAME=VALUE slider setting, e.g. smiling=1.5")
+    p.add_argument("--attr", action="append",
+                   help=f"NAME=VALUE slider setting, e.g. smiling=1.5; VALUE from {-SLIDER_RANGE:g} to "
+                        f"+{SLIDER_RANGE:g} (names below)")
+    p.add_argument("--allow-failed", action="store_true",
+                   help="allow sliders that failed the attribute judge (a warning is printed)")
     p.add_argument("--face", type=int, help="which detected face (0 = the largest)")
     p.add_argument("--independent", action="store_true",
                    help="sliders move along their plain directions (default: correlated attributes held fixed)")
@@ -254,11 +329,24 @@ HANDLERS = {"info": cmd_info, "edit": cmd_edit, "align": cmd_align, "train": cmd
             "attributes": cmd_attributes, "landmarks": cmd_landmarks, "bench": cmd_bench, "gui": cmd_gui}
 
 
+def _weights_in(argv: list[str]) -> Path | None:
+    """The --weights folder named on a command line, if any (for the help's attribute list)."""
+    for i, a in enumerate(argv):
+        if a == "--weights" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if a.startswith("--weights="):
+            return Path(a.partition("=")[2])
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+    implicit_gui = not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")
+    if implicit_gui:
         argv = ["gui", *argv]  # `npe` and `npe PHOTO` start the editor
-    args = build_parser().parse_args(argv)
+    wants_help = "-h" in argv or "--help" in argv
+    args = build_parser(_weights_in(argv) or True if wants_help else False).parse_args(argv)
+    prog = "npe" if implicit_gui else f"npe {args.command}"
     from engine.checkpoint import ModelError
     from engine.images import ImageError
     from engine.pipeline import NoFaceError
@@ -270,10 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except (UsageError, ImageError, ModelError, NoFaceError, KeyError, ValueError, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"npe {args.command}: error: {msg}", file=sys.stderr)
+        print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"npe {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

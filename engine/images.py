@@ -7,9 +7,11 @@ in [-1, 1]. ``to_tensor`` and ``to_uint8`` are the only crossings between the tw
 
 from __future__ import annotations
 
+import errno
 import io
 import os
-import tempfile
+import secrets
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,23 +144,74 @@ def load_photo(path: str | os.PathLike[str]) -> Photo:
     return decode_photo(data, p.name)
 
 
+def _create_beside(p: Path) -> tuple[int, str]:
+    """Create a new, empty temporary file next to ``p``; returns (fd, path).
+
+    Opened with mode 0o666 so the kernel applies the umask, as for any ordinary file write
+    (``tempfile.mkstemp`` would make it 0o600, unreadable to anyone else once renamed).
+    """
+    folder = p.parent
+    for _ in range(100):
+        tmp = folder / f".{p.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder))
+
+
+def folder_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why no file can be written at ``path`` because of its folder (missing, or a file), or None."""
+    folder = Path(path).parent.resolve()
+    if not folder.exists():
+        return f"the folder {folder} does not exist"
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    return None
+
+
+def check_output_path(path: str | os.PathLike[str]) -> None:
+    """Raise ``ImageError`` before any work when ``path``'s folder cannot hold a file."""
+    why = folder_problem(path)
+    if why is not None:
+        raise ImageError(f"cannot write {Path(path).name}: {why}")
+
+
+def _write_error(p: Path, e: OSError) -> ImageError:
+    """The user's message for a failed write: which folder is missing, read-only or full."""
+    why = folder_problem(p)
+    if why is None and isinstance(e, PermissionError):
+        why = f"no permission to write in the folder {p.parent.resolve()} ({e.strerror or e})"
+    elif why is None:
+        why = str(e.strerror or e)
+    return ImageError(f"could not write {p.name}: {why}; nothing was changed")
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename.
 
     The old file, if any, stays intact when anything fails (full disk, read-only folder).
+    A new file gets the mode an ordinary write gives (0o666 less the umask); an overwritten
+    file keeps its own mode.
     """
     p = Path(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
+        try:
+            keep_mode: int | None = stat.S_IMODE(os.stat(p).st_mode)
+        except FileNotFoundError:
+            keep_mode = None
+        fd, tmp = _create_beside(p)
         with os.fdopen(fd, "wb") as f:
+            if keep_mode is not None and hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), keep_mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
         tmp = None
     except OSError as e:
-        raise ImageError(f"could not write {p.name}: {e.strerror or e}; nothing was changed") from None
+        raise _write_error(p, e) from None
     finally:
         if tmp is not None:
             try:

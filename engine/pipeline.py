@@ -77,13 +77,17 @@ def detect(photo: Photo) -> list[Face]:
 
 def choose_face(photo: Photo, faces: list[Face], index: int | None = None, allow_whole: bool = True) -> Face:
     """The face to edit: ``index`` into ``faces``; with no faces, the whole image if allowed."""
+    i = 0 if index is None else index
     if not faces:
+        if i != 0:
+            raise NoFaceError(f"{photo.name}: there is no face {i}: no face was found (face 0 is the whole image)")
         if allow_whole:
             return whole_image_face(*photo.size)
         raise NoFaceError(f"{photo.name}: no face was found; place the face box by hand")
-    i = 0 if index is None else index
     if not 0 <= i < len(faces):
-        raise NoFaceError(f"{photo.name}: face {i} asked for, but {len(faces)} were found (0 to {len(faces) - 1})")
+        n = len(faces)
+        found = "1 face was found, numbered 0" if n == 1 else f"{n} faces were found, numbered 0 to {n - 1}"
+        raise NoFaceError(f"{photo.name}: there is no face {i}: {found}")
     return faces[i]
 
 

@@ -29,6 +29,10 @@ from engine.images import Photo, to_tensor
 REFINE_STEPS_ON_RELEASE = 4
 
 
+class StrokeMissedError(ValueError):
+    """A stroke painted nothing: it lies outside the photo or the edited face's crop."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
     z_base: np.ndarray  # float32 (D,)
@@ -48,6 +52,7 @@ class Stroke:
     optimizer: BrushOptimizer
     last: tuple[float, float] | None = None
     losses: list[float] = field(default_factory=list)
+    touches_photo: bool = False  # some sample's brush disc overlaps the photo
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,8 @@ class EditSession:
         unknown = set(values) - set(self.attributes.names)
         if unknown:
             raise ValueError(f"unknown attributes: {', '.join(sorted(unknown))}")
+        for name, v in values.items():
+            self.attributes.check_value(name, float(v))
         self.sliders = {k: float(v) for k, v in values.items()}
         self._render = None
 
@@ -241,7 +248,10 @@ class EditSession:
         if self.stroke is None:
             raise RuntimeError("brush_to before brush_begin")
         s = self.stroke
+        w, h = self.photo.size
+        r_photo = s.radius / align.scale_of(self.transform)
         for px, py in points:
+            s.touches_photo = s.touches_photo or (-r_photo < px < w + r_photo and -r_photo < py < h + r_photo)
             p = self.photo_to_crop(px, py)
             stamp_segment(s.alpha, s.paint, s.last or p, p, s.radius, s.color)
             stamp_segment(s.halo, None, s.last or p, p, s.radius * (1 + self.rule.halo), s.color)
@@ -263,10 +273,21 @@ class EditSession:
         return CropRender(shown, generated, mask)
 
     def brush_end(self, refine_steps: int = REFINE_STEPS_ON_RELEASE) -> bool:
-        """Finish the stroke: a few more steps, then one undo step. Returns whether anything changed."""
+        """Finish the stroke: a few more steps, then one undo step. Returns whether anything changed.
+
+        Raises ``StrokeMissedError`` when the stroke touched none of the face's crop (nothing
+        changes then), so the user is told instead of left wondering.
+        """
         s = self.stroke
         if s is None:
             return False
+        if s.last is not None and not s.alpha.any():
+            self.cancel_stroke()
+            if not s.touches_photo:
+                raise StrokeMissedError("the stroke lies entirely outside the photo "
+                                        f"({self.photo.size[0]}x{self.photo.size[1]} pixels): nothing was changed")
+            raise StrokeMissedError("the stroke lies outside the face being edited (only the region around the "
+                                    "face can be painted): nothing was changed")
         if s.alpha.any():
             paint, alpha, halo = self._paint_tensors()
             for _ in range(refine_steps):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,37 @@ def _collect_garbage_here() -> Iterator[None]:
     off (see editor.main_window.collect_garbage_on_the_gui_thread)."""
     yield
     gc.collect()
+
+
+PRETRAINED = str(ROOT / "pretrained") + os.sep
+_pretrained_reads: list[str] = []
+_watching = [False]
+
+
+def _note_pretrained_reads(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and _watching[0] and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if path.startswith(PRETRAINED):
+            _pretrained_reads.append(path[len(PRETRAINED):])
+
+
+sys.addaudithook(_note_pretrained_reads)
+
+
+@pytest.fixture(autouse=True)
+def _weights_marker_is_honest(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that reads anything in pretrained/ must be marked ``weights`` (so that
+    ``pytest -m "not weights"`` really runs without the shipped model). The eye refiner's
+    process-wide cache is emptied first, so every test that uses it is seen."""
+    from engine import landmarks
+
+    landmarks._refiner.clear()
+    _pretrained_reads.clear()
+    _watching[0] = True
+    yield
+    _watching[0] = False
+    if _pretrained_reads and request.node.get_closest_marker("weights") is None:
+        pytest.fail(f"reads {sorted(set(_pretrained_reads))} from pretrained/ but is not marked weights")
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +28,10 @@ def test_parse_stroke() -> None:
     assert parse_attr("smiling=1.5") == ("smiling", 1.5)
     with pytest.raises(UsageError):
         parse_attr("smiling")
+    with pytest.raises(UsageError, match="'lots' is not a number"):
+        parse_attr("smiling=lots")
+    with pytest.raises(UsageError, match="finite"):
+        parse_attr("smiling=nan")
 
 
 def test_info_prints_json(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -90,6 +97,14 @@ def test_edit_matches_the_gui_engine_path(tiny_model_dir: Path, face_photo: Path
 
 @pytest.mark.parametrize(("args", "message"), [
     (["edit", "missing.jpg", "-o", "x.png"], "does not exist"),
+    (["edit", "{photo}", "-o", "x.png", "--attr", "smiling=100"],
+     r"smiling=100 is outside the slider's range, -2 to \+2"),
+    (["edit", "{photo}", "-o", "x.png", "--attr", "smiling=-2.5"], r"outside the slider's range, -2 to \+2"),
+    (["edit", "{photo}", "-o", "x.png", "--attr", "smiling=big"], "'big' is not a number"),
+    (["edit", "{photo}", "-o", "{out}/no/such/folder/x.png"], r"the folder \S+/no/such/folder does not exist"),
+    (["edit", "{photo}", "-o", "x.png", "--face", "3"], "there is no face 3: no face was found"),
+    (["edit", "{photo}", "-o", "{out}/x.png", "--stroke", "#000000:5:5000,5000;5100,5000"],
+     "stroke 1: the stroke lies entirely outside the photo"),
     (["edit", "{photo}", "-o", "x.png", "--stroke", "nonsense"], "bad --stroke"),
     (["edit", "{photo}", "-o", "x.png", "--attr", "nope=1"], "unknown attribute"),
     (["edit", "{photo}", "-o", "{out}/x.gif"], "export as"),
@@ -121,3 +136,88 @@ def test_engine_never_imports_qt() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_edit_says_what_it_wrote(tiny_model_dir: Path, face_photo: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.png"
+    assert main(["edit", str(face_photo), "-o", str(out), "--weights", str(tiny_model_dir),
+                 "--stroke", "#ffffff:6:30,30;50,32", "--attr", "smiling=1.5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    assert re.fullmatch(rf"wrote {re.escape(str(out))} \(96x96; no face found: the whole image; 1 stroke, "
+                        r"smiling=\+1.5; \d+\.\d s\)", lines[0]), lines[0]
+    assert main(["edit", str(face_photo), "-o", str(out), "--weights", str(tiny_model_dir), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["output"] == str(out)
+    assert summary["size"] == [96, 96]
+    assert summary["seconds"] > 0
+
+
+def test_edit_help_lists_the_attributes_and_their_range(tiny_model_dir: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["edit", "--help", "--weights", str(tiny_model_dir)])
+    text = capsys.readouterr().out
+    assert "VALUE from -2 to +2" in text
+    assert re.search(r"^  smiling +Smiling$", text, re.M)
+    assert re.search(r"^  eyeglasses +Eyeglasses  \(weak\)$", text, re.M)
+
+
+@pytest.fixture
+def model_with_a_failed_slider(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """The tiny model, with its eyeglasses slider marked as failing the judge."""
+    d = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, d)
+    doc = json.loads((d / "attributes.json").read_text())
+    for a in doc["attributes"]:
+        if a["name"] == "eyeglasses":
+            a["quality"] = "hidden"
+    (d / "attributes.json").write_text(json.dumps(doc))
+    return d
+
+
+def test_a_failed_slider_needs_asking_for_and_warns(model_with_a_failed_slider: Path, face_photo: Path,
+                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.png"
+    argv = ["edit", str(face_photo), "-o", str(out), "--weights", str(model_with_a_failed_slider),
+            "--attr", "eyeglasses=1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "the eyeglasses slider failed the attribute judge" in err
+    assert "--allow-failed" in err
+    assert not out.exists()
+    assert main([*argv, "--allow-failed"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("npe edit: warning: the eyeglasses slider failed the attribute judge")
+    assert out.exists()
+
+
+def test_no_display_is_one_line_and_status_2(tmp_path: Path) -> None:
+    """`npe` where no window can open: Qt would abort (SIGABRT, status 134); one line instead."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the xcb platform is Linux's")
+    r = subprocess.run([sys.executable, "-m", "engine.cli"], capture_output=True, text=True, timeout=120, env=env,
+                       cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("npe: error: no display was found")
+    assert "libxcb-cursor0" in lines[0]
+
+
+def test_asking_for_a_face_that_is_not_there_says_how_many_there_are() -> None:
+    from engine.faces import whole_image_face
+    from engine.images import Photo
+    from engine.pipeline import NoFaceError, choose_face
+
+    photo = Photo(np.zeros((64, 64, 3), np.uint8), name="p.png")
+    face = whole_image_face(64, 64)
+    assert choose_face(photo, [face], 0) is face
+    with pytest.raises(NoFaceError, match=r"^p.png: there is no face 3: 1 face was found, numbered 0$"):
+        choose_face(photo, [face], 3)
+    with pytest.raises(NoFaceError, match=r"^p.png: there is no face 2: 2 faces were found, numbered 0 to 1$"):
+        choose_face(photo, [face, face], 2)
+    with pytest.raises(NoFaceError, match="there is no face -1"):
+        choose_face(photo, [face], -1)

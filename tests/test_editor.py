@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -80,6 +81,10 @@ def test_export_writes_the_full_photo(qtbot, window: MainWindow, tmp_path: Path)
     qtbot.waitUntil(lambda: window.exported_state, timeout=TIMEOUT)
     with Image.open(out) as im:
         assert im.size == window.opened.photo_size
+    shown = window.last_frame
+    window.resize(940, 640)  # a redraw of the exported edit is not a new edit
+    _wait_frame(qtbot, window, lambda f: f is not shown and f.work == "view")
+    assert window.exported_state
 
 
 def test_export_refuses_to_overwrite_the_photo_without_asking(qtbot, window: MainWindow) -> None:
@@ -205,3 +210,44 @@ def test_sliders_that_failed_the_judge_show_only_on_request(qtbot) -> None:
     assert "bald" not in panel.sliders
     panel.set_values({"bald": 0.5})  # e.g. a session file: the slider appears with its value
     assert panel.sliders["bald"].value() == 50
+
+
+def test_the_attribute_panel_says_the_model_is_loading(qtbot, tiny_model_dir: Path, tmp_path: Path) -> None:
+    gate = threading.Event()
+
+    def slow_factory() -> Engine:
+        gate.wait(TIMEOUT / 1000)
+        return Engine.load(tiny_model_dir, "cpu")
+
+    w = MainWindow(slow_factory, ask=False, autosave=False)
+    qtbot.addWidget(w)
+    w.show()
+    panel = w.attributes
+    assert panel.empty.isVisibleTo(panel)
+    assert "Loading the model" in panel.empty.text()
+    assert "no attribute directions" not in panel.empty.text()
+    gate.set()
+    qtbot.waitUntil(lambda: w.ready, timeout=TIMEOUT)
+    assert not panel.empty.isVisibleTo(panel)
+    assert set(panel.sliders) >= {"smiling", "eyeglasses"}
+    w.close()
+
+    broken = MainWindow(lambda: Engine.load(tmp_path, "cpu"), ask=False, autosave=False)
+    qtbot.addWidget(broken)
+    qtbot.waitUntil(lambda: bool(broken.errors), timeout=TIMEOUT)
+    assert broken.attributes.empty.text() == "No model is loaded, so there are no sliders."
+    broken.close()
+
+
+def test_the_status_bar_names_the_time_it_shows(qtbot, window: MainWindow) -> None:
+    window.settings.set_brush_size(30)
+    _drag(qtbot, window.canvas, _canvas_centre_points(window))
+    _wait_frame(qtbot, window, lambda f: f.can_undo)
+    text = window.status_timing.text().strip()
+    # the live figure (per brush step) stays; what finishing the stroke took is named apart
+    assert re.fullmatch(r"brush step \d+ ms \(median of \d+\); finishing the stroke \d+ ms", text) or \
+        re.fullmatch(r"stroke end \d+ ms", text), text  # (a stroke handled in one batch has no live steps)
+    assert "brush step" in window.status_timing.toolTip()
+    window.attributes.sliders["smiling"].setValue(50)
+    _wait_frame(qtbot, window, lambda f: dict(f.sliders).get("smiling") == 0.5)
+    assert re.fullmatch(r"slider \d+ ms", window.status_timing.text().strip())

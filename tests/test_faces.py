@@ -36,12 +36,14 @@ def _rotate(img: np.ndarray, angle: float, about: np.ndarray) -> tuple[np.ndarra
     return out, m
 
 
+@pytest.mark.weights  # the shipped eye refiner
 def test_astronaut_face_and_eyes(astronaut: np.ndarray) -> None:
     faces = detect(Photo(astronaut))
     assert len(faces) == 1
     assert _eye_error(faces[0].eyes, ASTRONAUT_EYES) < MAX_EYE_ERROR
 
 
+@pytest.mark.weights
 @pytest.mark.parametrize("angle", [25.0, -30.0])
 def test_rotated_face_is_found_and_aligned_upright(astronaut: np.ndarray, angle: float) -> None:
     img, m = _rotate(astronaut, angle, ASTRONAUT_EYES.mean(0))

@@ -21,8 +21,9 @@ from engine.pipeline import Engine, open_session
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "resources" / "astronaut.png"
 
-pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").exists(),
-                                reason="no face model shipped in pretrained/")
+pytestmark = [pytest.mark.weights,
+              pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").exists(),
+                                 reason="no face model shipped in pretrained/")]
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def replay_stroke(qtbot, w: MainWindow) -> dict[str, float]:
     }
 
 
-@pytest.mark.parametrize("which", ["tiny", "shipped"])
+@pytest.mark.parametrize("which", ["tiny", pytest.param("shipped", marks=pytest.mark.weights)])
 def test_a_long_stroke_keeps_the_window_responsive(qtbot, which: str, tiny_model_dir: Path,
                                                    face_photo: Path) -> None:
     if which == "shipped" and not (DEFAULT_MODEL_DIR / "model.safetensors").exists():

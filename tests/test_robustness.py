@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import textwrap
 import threading
 import tracemalloc
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -165,9 +167,88 @@ def test_a_read_only_folder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
     def refuse(*a: object, **k: object) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr("engine.images.tempfile.mkstemp", refuse)
-    with pytest.raises(ImageError, match="Permission denied"):
+    monkeypatch.setattr("engine.images._create_beside", refuse)
+    with pytest.raises(ImageError, match=f"no permission to write in the folder {tmp_path}.*Permission denied"):
         atomic_write(tmp_path / "x.png", b"data")
+
+
+def test_a_missing_folder_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match=f"could not write x.png: the folder {tmp_path / 'gone'} does not exist"):
+        atomic_write(tmp_path / "gone" / "x.png", b"data")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ImageError, match="is a file, not a folder"):
+        atomic_write(tmp_path / "file" / "x.png", b"data")
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    """Set the process umask for a test; the old one comes back after it."""
+    old = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_a_new_file_gets_the_mode_an_ordinary_write_gives(mask: int, mode: int, umask: Callable[[int], None],
+                                                          tmp_path: Path) -> None:
+    umask(mask)
+    atomic_write(tmp_path / "new.png", b"data")
+    (tmp_path / "plain.png").write_bytes(b"data")
+    assert stat.S_IMODE((tmp_path / "new.png").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "plain.png").stat().st_mode) == mode
+
+
+def test_an_overwrite_keeps_the_files_own_mode(umask: Callable[[int], None], tmp_path: Path) -> None:
+    umask(0o077)
+    target = tmp_path / "shared.png"
+    target.write_bytes(b"old")
+    target.chmod(0o664)
+    atomic_write(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o664
+
+
+def _write_with_every_writer(tiny_model_dir: Path, photo: Path, out: Path) -> dict[str, Path]:
+    """Each way the program writes a user's file: npe edit, npe align, a session, the GUI's
+    export and the autosave (both through the editor's worker)."""
+    from engine.document import save_session
+
+    written = {"npe edit": out / "edit.png", "npe align": out / "crop.png", "session": out / "s.npe",
+               "GUI export": out / "export.jpg", "autosave": out / "autosave.npe"}
+    assert main(["edit", str(photo), "-o", str(written["npe edit"]), "--weights", str(tiny_model_dir),
+                 "--stroke", "#ffffff:6:100,80;130,82"]) == 0
+    assert main(["align", str(photo), "-o", str(written["npe align"])]) == 0
+    engine = Engine.load(tiny_model_dir, "cpu")
+    session, faces = open_session(engine, photo)
+    save_session(session, written["session"], faces, 0)
+    done = threading.Event()
+    worker = EngineWorker(lambda: engine, lambda a: done.set() if isinstance(a, (rq.Done, rq.Failed)) else None,
+                          autosave_path=written["autosave"], autosave_seconds=0.0)
+    worker.start()
+    worker.send(rq.OpenPhoto(id=1, path=str(photo)))
+    worker.send(rq.Sample(id=2, seed=1))  # an edit, so there is something to autosave
+    worker.send(rq.Export(id=3, path=str(written["GUI export"])))
+    assert done.wait(60)
+    assert worker.stop()
+    return written
+
+
+def test_every_writer_gives_files_others_can_read(umask: Callable[[int], None], tiny_model_dir: Path,
+                                                  tmp_path: Path, astronaut: np.ndarray,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NPE_LANDMARKS", str(tmp_path / "none.safetensors"))  # the cascade alone: no weights
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut[:, :, :3]).resize((256, 256)).save(photo)
+    umask(0o022)
+    first = tmp_path / "first"
+    first.mkdir()
+    for what, path in _write_with_every_writer(tiny_model_dir, photo, first).items():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, what
+    # overwriting files that were made group-writable keeps them so
+    for path in first.iterdir():
+        path.chmod(0o664)
+    for what, path in _write_with_every_writer(tiny_model_dir, photo, first).items():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o664, what
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

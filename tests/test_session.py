@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.faces import whole_image_face
-from engine.images import load_photo
-from engine.session import EditSession
+from engine.faces import face_from_rect, whole_image_face
+from engine.images import Photo, load_photo
+from engine.session import EditSession, StrokeMissedError
 
 
 def _session(engine, photo_path: Path) -> EditSession:
@@ -179,3 +179,21 @@ def test_brush_strength_scales_the_latent_step(engine, face_photo: Path) -> None
     assert moves[1] > 2 * moves[0]
     with pytest.raises(ValueError, match="strength"):
         _session(engine, face_photo).brush_begin((0, 0, 0), 6, 0.0)
+
+
+def test_a_stroke_that_misses_the_face_says_so_and_changes_nothing(engine) -> None:
+    photo = Photo(np.full((400, 400, 3), 128, np.uint8), name="big.png")
+    s = EditSession(engine.loaded, photo, face_from_rect(20, 20, 80, 80), "cpu", engine.attributes)
+    before = s.snapshot()
+    for points, message in ((((350, 350), (380, 360)), "outside the face being edited"),
+                            (((-500, -500), (-450, -520)), r"entirely outside the photo \(400x400 pixels\)")):
+        s.brush_begin((0, 0, 0), 6)
+        for p in points:
+            s.brush_to([p])
+        with pytest.raises(StrokeMissedError, match=message):
+            s.brush_end()
+        assert s.stroke is None
+        assert not s.can_undo
+        assert s.snapshot().same_as(before)
+    _paint(s, pts=((45, 50), (55, 52)))  # on the face: an edit, as before
+    assert s.can_undo

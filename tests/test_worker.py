@@ -120,3 +120,27 @@ def test_a_broken_model_is_reported_and_stop_still_works(tmp_path: Path) -> None
     assert isinstance(collect.answers[0], rq.Failed)
     assert collect.answers[0].fatal
     assert worker.stop()
+
+
+def test_a_stroke_outside_the_photo_is_reported(tiny_model_dir: Path, face_photo: Path) -> None:
+    collect = _Collector(last_id=4)
+    worker = EngineWorker(lambda: Engine.load(tiny_model_dir, "cpu"), collect)
+    worker.start()
+    worker.send(rq.OpenPhoto(id=1, path=str(face_photo)))
+    worker.send(rq.StrokeBegin(id=2, color=(0, 0, 0), radius=4.0))
+    worker.send(rq.StrokeMove(id=3, points=((-300.0, 40.0), (-200.0, 45.0))))
+    worker.send(rq.StrokeEnd(id=4))
+    assert collect.done.wait(WAIT)
+    assert worker.stop()
+    failed = [a for a in collect.answers if isinstance(a, rq.Failed)]
+    assert [(f.request, f.id) for f in failed] == [("StrokeEnd", 4)]
+    assert "entirely outside the photo" in failed[0].message
+    assert not worker.session.can_undo
+
+
+def test_frames_say_what_their_time_was_spent_on() -> None:
+    assert rq.work_label([rq.StrokeMove()]) == "brush step"
+    assert rq.work_label([rq.StrokeBegin(), rq.StrokeMove(), rq.StrokeEnd()]) == "stroke end"
+    assert rq.work_label([rq.SetSliders()]) == "slider"
+    assert rq.work_label([rq.View(), rq.OpenPhoto()]) == "open"
+    assert rq.work_label([rq.View()]) == "view"
