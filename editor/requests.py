@@ -150,7 +150,7 @@ class Frame:
     face_index: int = 0
     crop: np.ndarray | None = None  # the shown crop at model resolution
     mode: str = "edit"
-    ms: float = 0.0  # engine time for this frame: from taking its requests to the picture, not counting the paste
+    ms: float = 0.0  # engine time for this frame: from taking its requests to this picture, ready to show
     name: str = ""
     work: str = ""  # what that time was spent on (``work_label``)
 

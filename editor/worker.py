@@ -117,7 +117,7 @@ class EngineWorker:
                     self._report(req, e)
             if show and self.session is not None:
                 try:
-                    self._emit(self._frame(last_id, (time.perf_counter() - t0) * 1000, rq.work_label(work)))
+                    self._emit(self._frame(last_id, t0, rq.work_label(work)))
                 except Exception as e:  # noqa: BLE001
                     self._report(rq.View(id=last_id), e)
             if time.monotonic() - self._last_autosave >= self.autosave_seconds:
@@ -341,7 +341,8 @@ class EngineWorker:
             self._display = (scale, small)
         return self._display
 
-    def _frame(self, last_id: int, ms: float, work: str = "view") -> rq.Frame:
+    def _frame(self, last_id: int, t0: float, work: str = "view") -> rq.Frame:
+        """The picture for the requests handled since ``t0`` (``time.perf_counter``), timed to the end."""
         s = self._need_session()
         scale, base = self._display_photo(s)
         mode = self.view.mode
@@ -364,8 +365,8 @@ class EngineWorker:
             id=last_id, generation=self.generation, image=image, scale=scale, photo_size=s.photo.size,
             latent=s.latent_grid(), sliders=tuple(sorted(s.sliders.items())), can_undo=s.can_undo,
             can_redo=s.can_redo, edited=s.edited, faces=tuple(_face_info(f) for f in self.faces),
-            face_index=self.face_index, crop=to_uint8(result.shown[0]), mode=mode, ms=ms, name=s.photo.name,
-            work=work)
+            face_index=self.face_index, crop=to_uint8(result.shown[0]), mode=mode,
+            ms=(time.perf_counter() - t0) * 1000, name=s.photo.name, work=work)
 
 
 def _is_gpu_error(e: Exception) -> bool:

@@ -1,8 +1,8 @@
 """Training data: the prepared face folders, re-aligned to the canonical template.
 
-``bash shared/data/prepare.sh`` lays out DIR as ``celeba/``, ``celeba64/``, ``utkface/``
-and ``lfw/``. Each set is framed differently; every image goes through the project's own
-alignment (``engine.align``) into one cache per resolution, ``DIR/aligned-R/``:
+DIR holds ``celeba/``, ``utkface/`` and ``lfw/``, laid out as the README's "Training your own
+model" describes. Each set is framed differently; every image goes through the project's
+own alignment (``engine.align``) into one cache per resolution, ``DIR/aligned-R/``:
 
     images.npy   uint8 (N, R, R, 3)
     labels.npy   int8 (N, 40) CelebA attributes (+1 / -1, 0 unknown)
@@ -29,6 +29,7 @@ from engine import align
 
 CACHE_VERSION = 2
 TEST_FRACTION_MOD = 10  # one identity in ten is held out
+LAYOUT_HINT = "lay the data out as the README's 'Training your own model' describes"
 
 
 def _held_out(key: str) -> bool:
@@ -124,7 +125,7 @@ def build_cache(data_dir: Path, size: int, sets: tuple[str, ...] = ("celeba", "l
         locate = locate_eyes
     items, names = list_items(data_dir, sets)
     if not items:
-        raise ValueError(f"{data_dir} holds no images of the sets {', '.join(sets)}: run shared/data/prepare.sh")
+        raise ValueError(f"{data_dir} holds no images of the sets {', '.join(sets)}: {LAYOUT_HINT}")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "images.tmp.npy"
     images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3))
@@ -169,7 +170,7 @@ def aligned_cache(data_dir: Path, size: int) -> Path:
         return cache
     sets = tuple(s for s in ("celeba", "lfw") if (data_dir / s).is_dir())
     if not sets:
-        raise ValueError(f"{data_dir} holds no prepared face sets (celeba/, lfw/): run shared/data/prepare.sh")
+        raise ValueError(f"{data_dir} holds no prepared face sets (celeba/, lfw/): {LAYOUT_HINT}")
     return build_cache(data_dir, size, sets)
 
 

@@ -286,8 +286,8 @@ class EditSession:
             if not s.touches_photo:
                 raise StrokeMissedError("the stroke lies entirely outside the photo "
                                         f"({self.photo.size[0]}x{self.photo.size[1]} pixels): nothing was changed")
-            raise StrokeMissedError("the stroke lies outside the face being edited (only the region around the "
-                                    "face can be painted): nothing was changed")
+            raise StrokeMissedError("the stroke missed the face being edited (paint on or around it): "
+                                    "nothing was changed")
         if s.alpha.any():
             paint, alpha, halo = self._paint_tensors()
             for _ in range(refine_steps):

@@ -185,7 +185,7 @@ def test_a_stroke_that_misses_the_face_says_so_and_changes_nothing(engine) -> No
     photo = Photo(np.full((400, 400, 3), 128, np.uint8), name="big.png")
     s = EditSession(engine.loaded, photo, face_from_rect(20, 20, 80, 80), "cpu", engine.attributes)
     before = s.snapshot()
-    for points, message in ((((350, 350), (380, 360)), "outside the face being edited"),
+    for points, message in ((((350, 350), (380, 360)), "missed the face being edited"),
                             (((-500, -500), (-450, -520)), r"entirely outside the photo \(400x400 pixels\)")):
         s.brush_begin((0, 0, 0), 6)
         for p in points:
