@@ -1,4 +1,4 @@
-"""Starting the editor: ``npe`` or ``npe PHOTO``."""
+"""Starting the editor window (``npe`` or ``npe PHOTO``, through editor.launch)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QApplication
 
 from editor import display
 from editor.main_window import MainWindow
-from engine.pipeline import Engine
+from engine.core.pipeline import Engine
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 DEFAULT_PHOTO = RESOURCES / "astronaut.png"
@@ -27,7 +27,7 @@ def run(photo: str | None = None, weights: str | None = None, device: str = "aut
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = QApplication.instance()
     if app is None:
-        display.require()  # one clear line instead of Qt aborting the process
+        display.require()  # one clear line instead of Qt aborting the process (editor.launch reports it)
         app = QApplication(sys.argv[:1])
     app.setApplicationName("Neural Photo Editor")
     app.setOrganizationName("neural-photo-editor")

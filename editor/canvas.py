@@ -15,7 +15,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen, QPolygonF, QResizeEvent
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from editor.requests import FaceInfo
+from engine.core.requests import FaceInfo
 
 
 def qimage_from_array(a: np.ndarray) -> QImage:

@@ -40,13 +40,13 @@ from PySide6.QtWidgets import (
 )
 
 from editor import recovery
-from editor import requests as rq
 from editor.canvas import PhotoCanvas
 from editor.latent_view import LatentView
 from editor.settings import MAX_BRUSH, MAX_STRENGTH, MIN_BRUSH, MIN_STRENGTH, Settings, parse_hex
 from editor.sliders import AttributePanel
 from editor.worker import EngineFactory, EngineWorker
-from engine.images import READABLE_SUFFIXES
+from engine.core import requests as rq
+from engine.core.images import READABLE_SUFFIXES
 
 OPEN_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.gif);;Sessions (*.npe);;All files (*)"
 EXPORT_FILTER = "PNG image (*.png);;JPEG image (*.jpg *.jpeg)"

@@ -104,7 +104,7 @@ class Settings:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
     def save(self, path: Path | None = None) -> None:
-        from engine.images import ImageError, atomic_write
+        from engine.core.images import ImageError, atomic_write
 
         p = path or config_dir() / "settings.json"
         try:

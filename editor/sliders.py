@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from editor.canvas import qimage_from_array
-from engine.attributes import SLIDER_RANGE
+from engine.core.attributes import SLIDER_RANGE
 
 STEPS = 100  # slider ticks per unit
 LOADING = "Loading the model... the sliders appear when it is ready."

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from editor import requests as rq
-from engine.checkpoint import ModelError
-from engine.faces import Face, face_from_rect
-from engine.images import ImageError, save_image, to_uint8
-from engine.pipeline import Engine, NoFaceError, open_session
-from engine.session import CropRender, EditSession, fit_scale
+from engine.core import requests as rq
+from engine.core.checkpoint import ModelError
+from engine.core.faces import Face, face_from_rect
+from engine.core.images import ImageError, save_image, to_uint8
+from engine.core.pipeline import Engine, NoFaceError, open_session
+from engine.core.session import CropRender, EditSession, fit_scale
 
 log = logging.getLogger(__name__)
 Answer = object
@@ -143,7 +143,7 @@ class EngineWorker:
             return
         if self.session.stroke is not None:
             return  # mid-stroke: the next pass will catch the finished stroke
-        from engine.document import save_session
+        from engine.core.document import save_session
 
         try:
             self.autosave_path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ class EngineWorker:
             self._emit_thumbnails()
             return True
         if isinstance(req, rq.OpenSession):
-            from engine.document import load_session
+            from engine.core.document import load_session
 
             session, faces, face_index = load_session(self.engine, req.path)
             self._install(session, faces, face_index)
@@ -288,7 +288,7 @@ class EngineWorker:
                                req.path))
             return False
         if isinstance(req, rq.SaveSession):
-            from engine.document import save_session
+            from engine.core.document import save_session
 
             save_session(s, req.path, self.faces, self.face_index)
             if not req.autosave:
@@ -303,7 +303,7 @@ class EngineWorker:
             return
         import cv2
 
-        from engine.edit import render
+        from engine.core.edit import render
 
         strips = {}
         with torch.inference_mode():

@@ -15,9 +15,9 @@ import torch
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from engine import checkpoint  # noqa: E402
-from engine.attributes import Attribute, AttributeSet  # noqa: E402
-from engine.model import FaceModel, ModelConfig  # noqa: E402
+from engine.core import checkpoint  # noqa: E402
+from engine.core.attributes import Attribute, AttributeSet  # noqa: E402
+from engine.core.model import FaceModel, ModelConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESOURCES = ROOT / "resources"
@@ -68,7 +68,7 @@ def _weights_marker_is_honest(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test that reads anything in pretrained/ must be marked ``weights`` (so that
     ``pytest -m "not weights"`` really runs without the shipped model). The eye refiner's
     process-wide cache is emptied first, so every test that uses it is seen."""
-    from engine import landmarks
+    from engine.core import landmarks
 
     landmarks._refiner.clear()
     _pretrained_reads.clear()
@@ -101,7 +101,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def engine(tiny_model_dir: Path):
-    from engine.pipeline import Engine
+    from engine.core.pipeline import Engine
 
     return Engine.load(tiny_model_dir, "cpu")
 

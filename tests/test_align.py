@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import align
+from engine.core import align
 
 
 def test_two_point_fit_is_exact_and_invertible() -> None:

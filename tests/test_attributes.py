@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.attribute_learning import AttributeJudge, fit_direction, label_holds, pca_directions, quality_of
-from engine.attributes import Attribute, AttributeSet
-from engine.checkpoint import ModelError
+from engine.core.attributes import Attribute, AttributeSet
+from engine.core.checkpoint import ModelError
+from engine.tools.attribute_learning import AttributeJudge, fit_direction, label_holds, pca_directions, quality_of
 from tests.conftest import TINY, make_tiny_model
 
 
@@ -133,7 +133,7 @@ def test_learning_and_judging_sliders_end_to_end(tiny_model_dir: Path, tmp_path:
     """`npe attributes` then `npe eval --attributes` on a tiny labelled cache: files, figures, grid."""
     import json
 
-    from engine.cli import main
+    from engine.tools.cli import main
     from tests.test_train import make_cache
 
     data = make_cache(tmp_path / "data", n=240, size=TINY.resolution)

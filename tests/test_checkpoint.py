@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import checkpoint
-from engine.checkpoint import ModelError, load_model
+from engine.core import checkpoint
+from engine.core.checkpoint import ModelError, load_model
 from tests.conftest import TINY, make_tiny_model
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.edit import BrushOptimizer, BrushRule, MaskSettings, paint_loss, render, stamp_segment
+from engine.core.edit import BrushOptimizer, BrushRule, MaskSettings, paint_loss, render, stamp_segment
 from tests.conftest import TINY, make_tiny_model
 
 
@@ -93,7 +93,7 @@ def test_a_slider_change_is_added_in_full_and_keeps_the_photo_detail() -> None:
 
 
 def test_bad_latent_shape_names_the_dimension() -> None:
-    from engine.edit import check_image
+    from engine.core.edit import check_image
 
     with pytest.raises(ValueError, match="height 31"):
         check_image("x", torch.zeros(1, 3, 31, 32), 32)

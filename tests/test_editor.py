@@ -13,9 +13,9 @@ pytest.importorskip("PySide6")
 
 from PySide6.QtCore import QPoint, Qt  # noqa: E402
 
-from editor import requests as rq  # noqa: E402
 from editor.main_window import MainWindow  # noqa: E402
-from engine.pipeline import Engine  # noqa: E402
+from engine.core import requests as rq  # noqa: E402
+from engine.core.pipeline import Engine  # noqa: E402
 
 TIMEOUT = 20000
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import align
-from engine.faces import find_faces, whole_image_face
-from engine.images import Photo
-from engine.pipeline import detect
+from engine.core import align
+from engine.core.faces import find_faces, whole_image_face
+from engine.core.images import Photo
+from engine.core.pipeline import detect
 from tests.conftest import RESOURCES
 
 # eye centres checked by hand on an 8x enlargement (viewer's left eye first)
@@ -84,7 +84,7 @@ def test_whole_image_fallback_reads_the_image_as_a_template_crop() -> None:
 
 @pytest.mark.weights
 def test_shipped_eye_refiner_recovers_from_a_rough_guess(astronaut: np.ndarray) -> None:
-    from engine.landmarks import default_refiner
+    from engine.core.landmarks import default_refiner
 
     refiner = default_refiner()
     if refiner is None:

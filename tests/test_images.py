@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.images import ImageError, decode_photo, encode_image, load_photo, save_image, to_tensor, to_uint8
+from engine.core.images import ImageError, decode_photo, encode_image, load_photo, save_image, to_tensor, to_uint8
 
 
 def _png(img: Image.Image, **kw: object) -> bytes:

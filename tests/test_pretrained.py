@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine import align
-from engine.attribute_learning import SLIDERS, judge_scores, load_judge
-from engine.checkpoint import DEFAULT_MODEL_DIR, FORMAT_VERSION
-from engine.pipeline import Engine, open_session
+from engine.core import align
+from engine.core.checkpoint import DEFAULT_MODEL_DIR, FORMAT_VERSION
+from engine.core.judge import judge_scores, load_judge
+from engine.core.pipeline import Engine, open_session
+from engine.tools.attribute_learning import SLIDERS
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "resources" / "astronaut.png"
@@ -45,7 +46,7 @@ def test_shipped_files_are_small_versioned_safetensors() -> None:
 
 
 def test_info_reports_the_shipped_model() -> None:
-    r = subprocess.run([sys.executable, "-m", "engine.cli", "info", "--device", "cpu"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "engine.tools.cli", "info", "--device", "cpu"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)

@@ -12,8 +12,8 @@ import pytest
 from PySide6.QtCore import QPoint, Qt, QTimer
 
 from editor.main_window import MainWindow
-from engine.checkpoint import DEFAULT_MODEL_DIR
-from engine.pipeline import Engine
+from engine.core.checkpoint import DEFAULT_MODEL_DIR
+from engine.core.pipeline import Engine
 
 SAMPLES = 240
 SAMPLE_MS = 8  # a 125 Hz mouse

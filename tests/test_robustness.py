@@ -26,11 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from editor import requests as rq
 from editor.worker import EngineWorker
-from engine.cli import main
-from engine.images import ImageError, Photo, atomic_write, decode_photo, load_photo
-from engine.pipeline import Engine, open_session
+from engine.core import requests as rq
+from engine.core.images import ImageError, Photo, atomic_write, decode_photo, load_photo
+from engine.core.pipeline import Engine, open_session
+from engine.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,7 +137,7 @@ def test_cli_align_without_a_face_is_one_line(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_a_file_removed_while_open_loses_nothing(engine: Engine, face_photo: Path, tmp_path: Path) -> None:
-    from engine.document import load_session, save_session
+    from engine.core.document import load_session, save_session
 
     session, faces = open_session(engine, face_photo)
     face_photo.unlink()
@@ -156,7 +156,7 @@ def test_a_full_disk_leaves_the_old_file_intact(tmp_path: Path, monkeypatch: pyt
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("engine.images.os.fsync", no_space)
+    monkeypatch.setattr("engine.core.images.os.fsync", no_space)
     with pytest.raises(ImageError, match="No space left"):
         atomic_write(target, b"new data")
     assert target.read_bytes() == b"the previous export"
@@ -167,7 +167,7 @@ def test_a_read_only_folder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
     def refuse(*a: object, **k: object) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr("engine.images._create_beside", refuse)
+    monkeypatch.setattr("engine.core.images._create_beside", refuse)
     with pytest.raises(ImageError, match=f"no permission to write in the folder {tmp_path}.*Permission denied"):
         atomic_write(tmp_path / "x.png", b"data")
 
@@ -211,7 +211,7 @@ def test_an_overwrite_keeps_the_files_own_mode(umask: Callable[[int], None], tmp
 def _write_with_every_writer(tiny_model_dir: Path, photo: Path, out: Path) -> dict[str, Path]:
     """Each way the program writes a user's file: npe edit, npe align, a session, the GUI's
     export and the autosave (both through the editor's worker)."""
-    from engine.document import save_session
+    from engine.core.document import save_session
 
     written = {"npe edit": out / "edit.png", "npe align": out / "crop.png", "session": out / "s.npe",
                "GUI export": out / "export.jpg", "autosave": out / "autosave.npe"}
@@ -341,7 +341,7 @@ def test_gpu_failure_falls_back_to_the_cpu(tiny_model_dir: Path, face_photo: Pat
     # model and session to the CPU, say so, and redo the update
     worker = EngineWorker(lambda: Engine.load(tiny_model_dir, "cpu"), emit)
     calls = {"n": 0}
-    from engine.session import EditSession
+    from engine.core.session import EditSession
 
     real = EditSession.brush_to
 
@@ -370,7 +370,7 @@ CRASH_SCRIPT = textwrap.dedent("""
     os.environ["QT_QPA_PLATFORM"] = "offscreen"
     from PySide6.QtWidgets import QApplication
     from editor.main_window import MainWindow
-    from engine.pipeline import Engine
+    from engine.core.pipeline import Engine
     app = QApplication([])
     w = MainWindow(lambda: Engine.load(sys.argv[1], "cpu"), ask=False)
     w.worker.autosave_seconds = 0.2
@@ -380,7 +380,7 @@ CRASH_SCRIPT = textwrap.dedent("""
         if w.last_frame is None:
             return
         timer.stop()
-        w._send(__import__("editor.requests", fromlist=["x"]).Sample, seed=5)
+        w._send(__import__("engine.core.requests", fromlist=["x"]).Sample, seed=5)
     from PySide6.QtCore import QTimer
     timer = QTimer(); timer.timeout.connect(step); timer.start(50)
     def check():
@@ -397,7 +397,7 @@ def test_kill_9_then_restore_gives_the_last_autosaved_image(qtbot, tiny_model_di
 
     from editor import recovery
     from editor.main_window import MainWindow
-    from engine.document import load_session
+    from engine.core.document import load_session
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(tiny_model_dir), str(face_photo)],

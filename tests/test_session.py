@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.faces import face_from_rect, whole_image_face
-from engine.images import Photo, load_photo
-from engine.session import EditSession, StrokeMissedError
+from engine.core import align
+from engine.core.faces import face_from_rect, whole_image_face
+from engine.core.images import Photo, load_photo
+from engine.core.session import EditSession, StrokeMissedError
 
 
 def _session(engine, photo_path: Path) -> EditSession:
@@ -70,8 +71,6 @@ def test_untouched_photo_pixels_stay_identical(engine, tmp_path: Path) -> None:
     p = tmp_path / "big.png"
     Image.fromarray(big).save(p)
     photo = load_photo(p)
-    from engine.faces import face_from_rect
-
     s = EditSession(engine.loaded, photo, face_from_rect(120, 60, 200, 140), "cpu", engine.attributes)
     assert np.array_equal(s.composite(), big)  # nothing edited: bit-identical
     _paint(s, pts=((150, 90), (170, 95)))
@@ -80,7 +79,7 @@ def test_untouched_photo_pixels_stay_identical(engine, tmp_path: Path) -> None:
     changed = np.any(out != big, axis=2)
     assert changed.any()
     # everything outside the face crop's footprint is untouched
-    x0, y0, x1, y1 = __import__("engine.align", fromlist=["x"]).crop_to_photo_box(s.transform, s.resolution, big.shape)
+    x0, y0, x1, y1 = align.crop_to_photo_box(s.transform, s.resolution, big.shape)
     outside = np.ones_like(changed)
     outside[y0:y1, x0:x1] = False
     assert not changed[outside].any()
@@ -99,7 +98,7 @@ def test_sliders_and_brush_combine(engine, face_photo: Path) -> None:
     assert torch.allclose(s.z - s.z_base, offset)
     # the shown crop is the brush's blend of G(z_base) plus the sliders' change, and stays
     # right after z_base moves (the cached G(z_base) is not reused for another latent)
-    from engine.edit import render
+    from engine.core.edit import render
 
     def expected() -> torch.Tensor:
         with torch.inference_mode():
@@ -135,7 +134,7 @@ def test_latent_canvas_sets_the_latent(engine, face_photo: Path) -> None:
 
 
 def test_session_file_round_trip_restores_the_same_image(engine, face_photo: Path, tmp_path: Path) -> None:
-    from engine.document import load_session, save_session
+    from engine.core.document import load_session, save_session
 
     s = _session(engine, face_photo)
     _paint(s)
@@ -156,7 +155,7 @@ def test_session_file_round_trip_restores_the_same_image(engine, face_photo: Pat
 
 
 def test_session_from_another_model_is_refused(engine, face_photo: Path, tmp_path: Path) -> None:
-    from engine.document import SessionError, load_session, save_session
+    from engine.core.document import SessionError, load_session, save_session
 
     s = _session(engine, face_photo)
     path = tmp_path / "work.npe"

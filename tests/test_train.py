@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.data import CACHE_VERSION
-from engine.train import TrainOptions, train
+from engine.tools.data import CACHE_VERSION
+from engine.tools.train import TrainOptions, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +43,7 @@ def tiny_options(data: Path, out: Path, **kw: object) -> TrainOptions:
 
 
 def test_training_writes_options_grids_and_a_loadable_model(tmp_path: Path) -> None:
-    from engine.checkpoint import load_model
+    from engine.core.checkpoint import load_model
 
     data = make_cache(tmp_path / "data")
     out = train(tiny_options(data, tmp_path / "run"))
@@ -75,7 +75,7 @@ def test_two_processes_with_gloo(tmp_path: Path) -> None:
     data = make_cache(tmp_path / "data")
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           "-m", "engine.cli", "train", "--data", str(data), "--out", str(out), "--resolution", "32",
+           "-m", "engine.tools.cli", "train", "--data", str(data), "--out", str(out), "--resolution", "32",
            "--latent-dim", "16", "--decoder-channels", "16,12,8,8", "--encoder-channels", "4,8,8",
            "--discriminator-channels", "4,8,8", "--sets", "celeba", "--batch-size", "8", "--steps", "3",
            "--device", "cpu", "--threads", "1", "--checkpoint-every", "3", "--export-every", "3"]
@@ -94,7 +94,7 @@ def test_too_little_data_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_batchnorm_recalibration_measures_the_models_own_statistics() -> None:
-    from engine.train import recalibrate_batchnorm
+    from engine.tools.train import recalibrate_batchnorm
     from tests.conftest import make_tiny_model
 
     model = make_tiny_model(1)
@@ -109,8 +109,8 @@ def test_batchnorm_recalibration_measures_the_models_own_statistics() -> None:
 
 
 def test_export_run_writes_a_loadable_averaged_model(tmp_path: Path) -> None:
-    from engine.checkpoint import load_model
-    from engine.train import export_run
+    from engine.core.checkpoint import load_model
+    from engine.tools.train import export_run
 
     data = make_cache(tmp_path / "data")
     run = train(tiny_options(data, tmp_path / "run", steps=2))
@@ -120,7 +120,7 @@ def test_export_run_writes_a_loadable_averaged_model(tmp_path: Path) -> None:
 
 
 def test_learning_rate_decays_linearly_to_a_tenth(tmp_path: Path) -> None:
-    from engine.train import Trainer
+    from engine.tools.train import Trainer
 
     t = Trainer(tiny_options(tmp_path, tmp_path / "run", steps=100, lr=1e-3, lr_decay_from=50))
     assert t.learning_rate(10) == pytest.approx(1e-3)

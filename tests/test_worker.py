@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from editor import requests as rq
 from editor.worker import EngineWorker
-from engine.pipeline import Engine, open_session
+from engine.core import requests as rq
+from engine.core.pipeline import Engine, open_session
 
 WAIT = 60
 

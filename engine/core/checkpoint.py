@@ -21,13 +21,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from engine.images import atomic_write
-from engine.model import FaceModel, ModelConfig
+from engine.core.images import atomic_write
+from engine.core.model import FaceModel, ModelConfig
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO_ROOT / "pretrained"
 FIX_HINT = "reinstall the program, or restore pretrained/ with `git checkout -- pretrained`"
 

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
-from torch import nn
 
-from engine.attributes import SLIDER_RANGE, Attribute, AttributeSet
+from engine.core.attributes import SLIDER_RANGE, Attribute, AttributeSet
+from engine.core.judge import AttributeJudge, judge_scores, load_judge, save_judge
 
 # slider name -> (label, CelebA column, sign)
 SLIDERS: dict[str, tuple[str, str, int]] = {
@@ -59,27 +57,11 @@ GOOD_LIFT, WEAK_LIFT = 0.4, 0.25
 
 # ---- the judge ------------------------------------------------------------------------
 
-class AttributeJudge(nn.Module):
-    """A small CNN that predicts the 40 CelebA attributes from an aligned crop in [-1, 1]."""
-
-    def __init__(self, n_out: int = 40, width: int = 32) -> None:
-        super().__init__()
-        chans = [3, width, 2 * width, 4 * width, 8 * width]
-        layers: list[nn.Module] = []
-        for a, b in zip(chans[:-1], chans[1:], strict=True):
-            layers += [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(chans[-1], n_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))  # logits (N, n_out)
-
-
 def train_judge(faces: object, epochs: int = 4, batch: int = 64, seed: int = 0) -> AttributeJudge:
     """Train on the labelled training split (CelebA rows only)."""
     from tqdm import tqdm
 
-    from engine.images import to_tensor
+    from engine.core.images import to_tensor
 
     labels = faces.labels()  # type: ignore[attr-defined]
     rows = np.nonzero(np.abs(labels).sum(1) > 0)[0]
@@ -111,39 +93,10 @@ def train_judge(faces: object, epochs: int = 4, batch: int = 64, seed: int = 0) 
     return judge.eval()
 
 
-def judge_scores(judge: AttributeJudge, images: torch.Tensor, batch: int = 100) -> torch.Tensor:
-    """Probabilities (N, 40) for images (N, 3, R, R) in [-1, 1]."""
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch):
-            out.append(torch.sigmoid(judge(images[i:i + batch])))
-    return torch.cat(out)
-
-
-def save_judge(judge: AttributeJudge, model_dir: Path, names: list[str], accuracy: dict[str, float]) -> None:
-    from engine.images import atomic_write
-
-    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(model_dir / "judge.safetensors"))
-    atomic_write(model_dir / "judge.json", (json.dumps(
-        {"format_version": 1, "attribute_names": names, "held_out_accuracy": accuracy}, indent=2) + "\n").encode())
-
-
-def load_judge(model_dir: Path) -> tuple[AttributeJudge, list[str]]:
-    from engine.checkpoint import ModelError, read_tensors
-
-    meta_path = model_dir / "judge.json"
-    if not meta_path.exists():
-        raise ModelError(f"{meta_path} is missing: run `npe attributes --data DIR` to train the judge")
-    names = json.loads(meta_path.read_text())["attribute_names"]
-    judge = AttributeJudge(len(names))
-    judge.load_state_dict(read_tensors(model_dir / "judge.safetensors"))
-    return judge.eval(), names
-
-
 # ---- directions ---------------------------------------------------------------------------
 
 def encode_all(model: torch.nn.Module, faces: object, batch: int = 200) -> np.ndarray:
-    from engine.images import to_tensor
+    from engine.core.images import to_tensor
 
     out = []
     n = len(faces)  # type: ignore[arg-type]
@@ -212,7 +165,7 @@ def pca_directions(latents: np.ndarray, k: int = PCA_COUNT) -> list[Direction]:
 
 def _render_shift(engine: object, crops: torch.Tensor, z: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """What the editor shows after a slider adds ``offset`` to each latent."""
-    from engine.edit import render
+    from engine.core.edit import render
 
     dec = engine.loaded.model.decoder  # type: ignore[attr-defined]
     with torch.inference_mode():
@@ -238,7 +191,7 @@ def _share(flags: torch.Tensor, among: np.ndarray) -> float:
 def judge_sliders(engine: object, attrs: AttributeSet, judge: AttributeJudge, judge_names: list[str],
                   test: object, n: int = 300) -> dict[str, dict[str, float]]:
     """Per slider: flip rates both ways, other attributes' mean |score change|, outside pixel change."""
-    from engine.images import to_tensor
+    from engine.core.images import to_tensor
 
     labels = test.labels()  # type: ignore[attr-defined]
     known = np.nonzero(np.abs(labels).sum(1) > 0)[0]
@@ -305,8 +258,8 @@ def quality_of(r: dict[str, float]) -> str:
 
 
 def learn_attributes(args: argparse.Namespace) -> dict[str, object]:
-    from engine.data import AlignedFaces, aligned_cache
-    from engine.pipeline import Engine
+    from engine.core.pipeline import Engine
+    from engine.tools.data import AlignedFaces, aligned_cache
 
     t0 = time.perf_counter()
     engine = Engine.load(args.weights, "cpu")
@@ -347,7 +300,7 @@ def learn_attributes(args: argparse.Namespace) -> dict[str, object]:
         judge = train_judge(train)
         judge_names = names
     test_lab = test.labels()
-    from engine.images import to_tensor
+    from engine.core.images import to_tensor
 
     tk = np.nonzero(np.abs(test_lab).sum(1) > 0)[0][:2000]
     scores = judge_scores(judge, to_tensor(test.images(tk)))
@@ -387,8 +340,8 @@ class _Subset:
 
 
 def evaluate_attributes(args: argparse.Namespace) -> dict[str, object]:
-    from engine.data import AlignedFaces, aligned_cache
-    from engine.pipeline import Engine
+    from engine.core.pipeline import Engine
+    from engine.tools.data import AlignedFaces, aligned_cache
 
     engine = Engine.load(args.weights, args.device)
     res = engine.loaded.config.resolution
@@ -408,7 +361,7 @@ def write_attribute_grid(engine: object, test: object, path: Path, faces: int = 
     """Rows: attributes (for each of ``faces`` held-out faces), columns: slider values."""
     from PIL import Image, ImageDraw
 
-    from engine.images import to_tensor, to_uint8
+    from engine.core.images import to_tensor, to_uint8
 
     attrs = [a for a in engine.attributes.attributes if a.kind == "named"]  # type: ignore[attr-defined]
     idx = np.linspace(0, len(test) - 1, faces).astype(int)  # type: ignore[arg-type]

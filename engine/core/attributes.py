@@ -126,7 +126,7 @@ class AttributeSet:
     def save(self, model_dir: Path, **meta: object) -> None:
         from safetensors.torch import save_file
 
-        from engine.images import atomic_write
+        from engine.core.images import atomic_write
 
         model_dir.mkdir(parents=True, exist_ok=True)
         save_file({"directions": self.directions.float().contiguous()}, str(model_dir / DIRECTIONS_FILE))
@@ -145,7 +145,7 @@ class AttributeSet:
     @classmethod
     def load(cls, model_dir: Path, latent_dim: int) -> AttributeSet:
         """The directions shipped with a model; an empty set when it has none."""
-        from engine.checkpoint import ModelError, read_tensors
+        from engine.core.checkpoint import ModelError, read_tensors
 
         names_path = model_dir / NAMES_FILE
         if not names_path.exists():

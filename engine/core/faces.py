@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engine import align
+from engine.core import align
 
 DETECT_MAX_SIDE = 960  # photos are searched at most this large
 ANGLES = (0.0, -30.0, 30.0)

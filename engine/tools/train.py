@@ -31,10 +31,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from engine import checkpoint
-from engine.data import AlignedFaces, build_cache
-from engine.images import to_tensor, to_uint8
-from engine.model import Discriminator, FaceModel, ModelConfig
+from engine.core import checkpoint
+from engine.core.images import to_tensor, to_uint8
+from engine.core.model import Discriminator, FaceModel, ModelConfig
+from engine.tools.data import AlignedFaces, build_cache
 
 REAL, RECONSTRUCTED, SAMPLED = 0, 1, 2
 

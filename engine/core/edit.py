@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.align import edge_feather
+from engine.core.align import edge_feather
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.attributes import AttributeSet
-from engine.checkpoint import LoadedModel, load_model
-from engine.faces import Face, find_faces, whole_image_face
-from engine.images import Photo, load_photo
-from engine.landmarks import default_refiner
-from engine.session import EditSession
+from engine.core.attributes import AttributeSet
+from engine.core.checkpoint import LoadedModel, load_model
+from engine.core.faces import Face, find_faces, whole_image_face
+from engine.core.images import Photo, load_photo
+from engine.core.landmarks import default_refiner
+from engine.core.session import EditSession
 
 
 class NoFaceError(Exception):

@@ -25,9 +25,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from engine.faces import Face
-from engine.images import ImageError, atomic_write, decode_photo
-from engine.session import EditSession, Snapshot
+from engine.core.faces import Face
+from engine.core.images import ImageError, atomic_write, decode_photo
+from engine.core.session import EditSession, Snapshot
 
 SESSION_FORMAT = 1
 

@@ -2,7 +2,7 @@
 
 DIR holds ``celeba/``, ``utkface/`` and ``lfw/``, laid out as the README's "Training your own
 model" describes. Each set is framed differently; every image goes through the project's
-own alignment (``engine.align``) into one cache per resolution, ``DIR/aligned-R/``:
+own alignment (``engine.core.align``) into one cache per resolution, ``DIR/aligned-R/``:
 
     images.npy   uint8 (N, R, R, 3)
     labels.npy   int8 (N, 40) CelebA attributes (+1 / -1, 0 unknown)
@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from engine import align
+from engine.core import align
 
 CACHE_VERSION = 2
 TEST_FRACTION_MOD = 10  # one identity in ten is held out
@@ -120,7 +120,7 @@ def build_cache(data_dir: Path, size: int, sets: tuple[str, ...] = ("celeba", "l
         if meta.get("version") == CACHE_VERSION and tuple(meta.get("sets", ())) == tuple(sets):
             return out
     if locate is None:
-        from engine.faces import locate_eyes
+        from engine.core.faces import locate_eyes
 
         locate = locate_eyes
     items, names = list_items(data_dir, sets)

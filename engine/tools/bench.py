@@ -36,7 +36,7 @@ def make_test_photo(path: Path, megapixels: float = 12.0) -> Path:
     """A 4:3 JPEG of about ``megapixels`` with the bundled portrait in it (a real face)."""
     from PIL import Image
 
-    from engine.checkpoint import REPO_ROOT
+    from engine.core.checkpoint import REPO_ROOT
 
     w = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
     h = int(round(w * 3 / 4))
@@ -49,9 +49,9 @@ def make_test_photo(path: Path, megapixels: float = 12.0) -> Path:
 
 
 def bench(args: argparse.Namespace) -> dict[str, object]:
-    from engine.images import load_photo, save_image
-    from engine.pipeline import Engine, open_session
-    from engine.session import fit_scale
+    from engine.core.images import load_photo, save_image
+    from engine.core.pipeline import Engine, open_session
+    from engine.core.session import fit_scale
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import align
-from engine.edit import BrushRule, MaskSettings, halo_of
-from engine.faces import whole_image_face
-from engine.images import Photo, load_photo, to_tensor, to_uint8
+from engine.core import align
+from engine.core.edit import BrushRule, MaskSettings, halo_of
+from engine.core.faces import whole_image_face
+from engine.core.images import Photo, load_photo, to_tensor, to_uint8
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def reconstruction_metrics(model: torch.nn.Module, crops: np.ndarray, batch: int
 def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = None,
                   mask: MaskSettings | None = None) -> dict[str, object]:
     """Replay ``STROKES`` on each crop through ``EditSession``; average the effects."""
-    from engine.session import EditSession
+    from engine.core.session import EditSession
 
     loaded = engine.loaded  # type: ignore[attr-defined]
     res = loaded.config.resolution
@@ -148,13 +148,13 @@ def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = No
 def load_eval_crops(data: Path, resolution: int, n: int) -> tuple[np.ndarray, str, int]:
     """Held-out aligned faces from prepared data, or detected+aligned faces from a plain folder."""
     if (data / "celeba").is_dir() or any(data.glob("aligned-*/meta.json")):
-        from engine.data import AlignedFaces, aligned_cache
+        from engine.tools.data import AlignedFaces, aligned_cache
 
         test = AlignedFaces(aligned_cache(data, resolution), split="test")
         rows = np.linspace(0, len(test) - 1, min(n, len(test))).astype(int)
         return test.images(rows), "held-out split", 0
-    from engine.images import READABLE_SUFFIXES, ImageError
-    from engine.pipeline import detect
+    from engine.core.images import READABLE_SUFFIXES, ImageError
+    from engine.core.pipeline import detect
 
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)
     crops: list[np.ndarray] = []
@@ -196,12 +196,12 @@ def write_grid(model: torch.nn.Module, crops: np.ndarray, path: Path, latent_dim
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, object]:
-    from engine.pipeline import Engine
+    from engine.core.pipeline import Engine
 
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     if getattr(args, "attributes", False):
-        from engine.attribute_learning import evaluate_attributes
+        from engine.tools.attribute_learning import evaluate_attributes
 
         return evaluate_attributes(args)
     if getattr(args, "alignment", False):
@@ -237,9 +237,9 @@ def alignment_metrics(data: Path, n: int = 300, seed: int = 0) -> dict[str, obje
     """
     import cv2
 
-    from engine.data import _held_out, list_items
-    from engine.faces import find_faces
-    from engine.landmarks import _read_rgb, default_refiner
+    from engine.core.faces import find_faces
+    from engine.core.landmarks import _read_rgb, default_refiner
+    from engine.tools.data import _held_out, list_items
 
     items = [it for it in list_items(data, ("celeba",))[0] if _held_out(it.identity)]
     rng = np.random.default_rng(seed)

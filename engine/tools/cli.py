@@ -1,6 +1,6 @@
 """The ``npe`` command.
 
-    npe [PHOTO]                       start the editor (on PHOTO, or on the default face)
+    (``npe`` and ``npe PHOTO`` start the editor: editor.launch dispatches to this module)
     npe info                          the model, as JSON
     npe edit PHOTO -o OUT [--stroke S]... [--attr NAME=V]...   (prints a one-line summary)
     npe align PHOTO -o CROP.png       the aligned crop; faces, landmarks, transform as JSON
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -29,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.attributes import AttributeSet
+    from engine.core.attributes import AttributeSet
 
-COMMANDS = ("info", "edit", "align", "train", "eval", "attributes", "landmarks", "bench", "gui")
+COMMANDS = ("info", "edit", "align", "train", "eval", "attributes", "landmarks", "bench")
 STROKE_RE = re.compile(r"^#?([0-9a-fA-F]{6}):(\d+(?:\.\d+)?):(.+)$")
 
 
@@ -92,8 +91,8 @@ def check_attrs(attributes: AttributeSet, attrs: dict[str, float], allow_failed:
 
 def attribute_help(model_dir: Path | None = None) -> str:
     """The epilog of ``npe edit --help``: the model's sliders, their range and judged quality."""
-    from engine.attributes import NAMES_FILE, SLIDER_RANGE
-    from engine.checkpoint import default_model_dir
+    from engine.core.attributes import NAMES_FILE, SLIDER_RANGE
+    from engine.core.checkpoint import default_model_dir
 
     d = model_dir or default_model_dir()
     try:
@@ -119,16 +118,16 @@ def _print_json(obj: object) -> None:
 # ---- commands -------------------------------------------------------------------------
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from engine.pipeline import Engine
+    from engine.core.pipeline import Engine
 
     _print_json(Engine.load(args.weights, args.device).describe())
     return 0
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from engine.images import check_output_path, save_image
-    from engine.pipeline import Engine, open_session
-    from engine.session import StrokeMissedError
+    from engine.core.images import check_output_path, save_image
+    from engine.core.pipeline import Engine, open_session
+    from engine.core.session import StrokeMissedError
 
     t0 = time.perf_counter()
     check_output_path(args.output)
@@ -170,9 +169,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from engine import align
-    from engine.images import check_output_path, load_photo, save_image
-    from engine.pipeline import choose_face, detect
+    from engine.core import align
+    from engine.core.images import check_output_path, load_photo, save_image
+    from engine.core.pipeline import choose_face, detect
 
     check_output_path(args.output)
     photo = load_photo(args.photo)
@@ -190,7 +189,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.train import options_from_args, train
+    from engine.tools.train import options_from_args, train
 
     out = train(options_from_args(vars(args)))
     print(f"trained; exported model in {out / 'model'}", file=sys.stderr)
@@ -198,21 +197,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from engine.evaluate import evaluate
+    from engine.tools.evaluate import evaluate
 
     _print_json(evaluate(args))
     return 0
 
 
 def cmd_attributes(args: argparse.Namespace) -> int:
-    from engine.attribute_learning import learn_attributes
+    from engine.tools.attribute_learning import learn_attributes
 
     _print_json(learn_attributes(args))
     return 0
 
 
 def cmd_landmarks(args: argparse.Namespace) -> int:
-    from engine.landmarks import train_landmarks
+    from engine.tools.landmark_training import train_landmarks
 
     path = train_landmarks(Path(args.data), Path(args.out), steps=args.steps)
     print(json.dumps({"weights": str(path)}))
@@ -220,16 +219,10 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from engine.bench import bench
+    from engine.tools.bench import bench
 
     _print_json(bench(args))
     return 0
-
-
-def cmd_gui(args: argparse.Namespace) -> int:
-    # the GUI lives in editor/; the engine itself never imports Qt
-    app = importlib.import_module("editor.app")
-    return int(app.run(photo=args.photo, weights=args.weights, device=args.device))
 
 
 # ---- parser -----------------------------------------------------------------------------
@@ -242,15 +235,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.ArgumentParser:
     """The parser; ``attribute_list_from``: a model folder (True: the default one) whose sliders
     ``npe edit --help`` lists (read only when help is asked for)."""
-    from engine.attributes import SLIDER_RANGE
-    from engine.train import TrainOptions
+    from engine.core.attributes import SLIDER_RANGE
+    from engine.tools.train import TrainOptions
 
-    parser = argparse.ArgumentParser(prog="npe", description="Neural Photo Editor")
+    parser = argparse.ArgumentParser(prog="npe", description="Neural Photo Editor: `npe` or `npe PHOTO` opens the "
+                                     "editor; these commands work without a window.")
     sub = parser.add_subparsers(dest="command")
-
-    p = sub.add_parser("gui", help="start the editor")
-    p.add_argument("photo", nargs="?")
-    _add_common(p)
 
     p = sub.add_parser("info", help="print the model's description as JSON")
     _add_common(p)
@@ -326,7 +316,7 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
 
 
 HANDLERS = {"info": cmd_info, "edit": cmd_edit, "align": cmd_align, "train": cmd_train, "eval": cmd_eval,
-            "attributes": cmd_attributes, "landmarks": cmd_landmarks, "bench": cmd_bench, "gui": cmd_gui}
+            "attributes": cmd_attributes, "landmarks": cmd_landmarks, "bench": cmd_bench}
 
 
 def _weights_in(argv: list[str]) -> Path | None:
@@ -341,15 +331,14 @@ def _weights_in(argv: list[str]) -> Path | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    implicit_gui = not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")
-    if implicit_gui:
-        argv = ["gui", *argv]  # `npe` and `npe PHOTO` start the editor
+    if not argv:
+        argv = ["--help"]
     wants_help = "-h" in argv or "--help" in argv
     args = build_parser(_weights_in(argv) or True if wants_help else False).parse_args(argv)
-    prog = "npe" if implicit_gui else f"npe {args.command}"
-    from engine.checkpoint import ModelError
-    from engine.images import ImageError
-    from engine.pipeline import NoFaceError
+    prog = f"npe {args.command}"
+    from engine.core.checkpoint import ModelError
+    from engine.core.images import ImageError
+    from engine.core.pipeline import NoFaceError
 
     try:
         return HANDLERS[args.command](args)

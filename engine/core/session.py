@@ -19,12 +19,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from engine import align
-from engine.attributes import AttributeSet
-from engine.checkpoint import LoadedModel
-from engine.edit import BrushOptimizer, BrushRule, MaskSettings, check_latent, render, stamp_segment
-from engine.faces import Face
-from engine.images import Photo, to_tensor
+from engine.core import align
+from engine.core.attributes import AttributeSet
+from engine.core.checkpoint import LoadedModel
+from engine.core.edit import BrushOptimizer, BrushRule, MaskSettings, check_latent, render, stamp_segment
+from engine.core.faces import Face
+from engine.core.images import Photo, to_tensor
 
 REFINE_STEPS_ON_RELEASE = 4
 
@@ -59,7 +59,7 @@ class Stroke:
 class CropRender:
     """The model-resolution result of the current state."""
 
-    shown: torch.Tensor  # (1, 3, R, R) what the editor shows (engine.edit.render)
+    shown: torch.Tensor  # (1, 3, R, R) what the editor shows (engine.core.edit.render)
     generated: torch.Tensor  # (1, 3, R, R) G(z)
     mask: torch.Tensor  # (1, 1, R, R) where shown differs from the photo's crop
 
@@ -114,7 +114,7 @@ class EditSession:
 
     @property
     def crop_pixels(self) -> np.ndarray:
-        from engine.images import to_uint8
+        from engine.core.images import to_uint8
         return to_uint8(self.x[0])
 
     # ---- latent --------------------------------------------------------------------

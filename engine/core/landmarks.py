@@ -7,7 +7,8 @@ predict, re-fit the transform) converge from a rough face box to the template.
 Training labels come from aligned CelebA, whose eye centres sit at one known position
 (``align.CELEBA_ALIGNED_EYES``, spread about 1.5 px), under random similarity
 perturbations: the perturbation is known, so the eyes' position in the perturbed crop is
-known too. ``npe landmarks --data DIR`` trains it; the weights ship in ``pretrained/``.
+known too. ``npe landmarks --data DIR`` trains it (engine.tools.landmark_training); the
+weights ship in ``pretrained/``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from engine import align
+from engine.core import align
 
 INPUT = 64
 ROUNDS = 3
@@ -85,7 +85,7 @@ _refiner: list[EyeRefiner | None] = []  # loaded once: [refiner] or [None]
 def default_refiner() -> EyeRefiner | None:
     """The shipped refiner, or None when its weights are absent (the cascade alone is used)."""
     if not _refiner:
-        from engine.checkpoint import DEFAULT_MODEL_DIR, ModelError, read_tensors
+        from engine.core.checkpoint import DEFAULT_MODEL_DIR, ModelError, read_tensors
 
         path = Path(os.environ.get("NPE_LANDMARKS", DEFAULT_MODEL_DIR / WEIGHTS))
         try:
@@ -96,73 +96,3 @@ def default_refiner() -> EyeRefiner | None:
         except (OSError, ValueError, ModelError, RuntimeError, KeyError):
             _refiner.append(None)
     return _refiner[0]
-
-
-# ---- training ----------------------------------------------------------------------
-
-def _perturbation(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random similarity about the crop centre: +-35 degrees, 0.75-1.3x, +-15% shift."""
-    ang = np.deg2rad(rng.uniform(-35, 35))
-    s = np.exp(rng.uniform(np.log(0.75), np.log(1.3)))
-    c = np.array([size / 2 - 0.5, size / 2 - 0.5])
-    rot = s * np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
-    shift = rng.uniform(-0.15, 0.15, 2) * size
-    return np.hstack([rot, (c - rot @ c + shift)[:, None]])
-
-
-def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a after b."""
-    return (np.vstack([a, [0, 0, 1]]) @ np.vstack([b, [0, 0, 1]]))[:2]
-
-
-def make_examples(images: list[np.ndarray], rng: np.random.Generator, per_image: int) -> tuple[np.ndarray, np.ndarray]:
-    """Perturbed crops of aligned CelebA images and their eye offsets."""
-    xs, ys = [], []
-    base = align.template_points(INPUT)
-    for img in images:
-        truth = align.CELEBA_ALIGNED_EYES * img.shape[1] / 178.0
-        t_true = align.eyes_to_crop(truth, INPUT)
-        for _ in range(per_image):
-            t = _compose(_perturbation(rng, INPUT), t_true)
-            crop = _crop_gray(img, t)
-            if rng.random() < 0.5:  # mirror: the eyes swap roles
-                crop = crop[:, ::-1].copy()
-                eyes = align.apply(t, truth)
-                eyes = np.array([[INPUT - 1 - eyes[1, 0], eyes[1, 1]], [INPUT - 1 - eyes[0, 0], eyes[0, 1]]])
-            else:
-                eyes = align.apply(t, truth)
-            xs.append(crop)
-            ys.append(((eyes - base) / INPUT).ravel())
-    return np.stack(xs)[:, None].astype(np.float32), np.stack(ys).astype(np.float32)
-
-
-def train_landmarks(data_dir: Path, out_dir: Path, steps: int = 3000, batch: int = 64, seed: int = 0,
-                    log: bool = True) -> Path:
-    from tqdm import tqdm
-
-    from engine.data import _held_out, list_items
-
-    items, _ = list_items(data_dir, ("celeba",))
-    train_items = [it for it in items if not _held_out(it.identity)]
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    net = EyeNet()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    bar = tqdm(range(steps), disable=not log, desc="training eye landmarks")
-    for _step in bar:
-        pick = rng.choice(len(train_items), batch // 4, replace=False)
-        imgs = [_read_rgb(data_dir / train_items[i].file) for i in pick]
-        x, y = make_examples(imgs, rng, 4)
-        loss = nn.functional.smooth_l1_loss(net(torch.from_numpy(x)), torch.from_numpy(y), beta=0.01)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / WEIGHTS))
-    (out_dir / WEIGHTS).with_suffix(".json").write_text(json.dumps(
-        {"format_version": 1, "width": 24, "input": INPUT, "rounds": ROUNDS, "steps": steps,
-         "trained_on": "aligned CelebA (training identities), random similarity perturbations"}, indent=2) + "\n")
-    return out_dir / WEIGHTS

@@ -1,0 +1,7 @@
+"""``python -m editor``: the same as ``npe``."""
+
+import sys
+
+from editor.launch import main
+
+sys.exit(main())
