@@ -22,6 +22,7 @@ import torch
 
 from engine.core import requests as rq
 from engine.core.checkpoint import ModelError
+from engine.core.device import failure_note, is_device_failure
 from engine.core.faces import Face, face_from_rect
 from engine.core.images import ImageError, save_image, to_uint8
 from engine.core.pipeline import Engine, NoFaceError, open_session
@@ -156,13 +157,13 @@ class EngineWorker:
     def _handle_on_any_device(self, req: rq.Request) -> bool:
         try:
             return self._handle(req)
-        except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
-            if self.engine is None or not _is_gpu_error(e):
+        except Exception as e:
+            if self.engine is None or not is_device_failure(e):
                 raise
             self._fall_back_to_cpu(e)
             return self._handle(req)
 
-    def _fall_back_to_cpu(self, error: Exception) -> None:
+    def _fall_back_to_cpu(self, error: BaseException) -> None:
         assert self.engine is not None
         cpu = torch.device("cpu")
         self.engine.loaded.model.to(cpu)
@@ -171,9 +172,7 @@ class EngineWorker:
             self.session.to(cpu)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        kind = "ran out of memory" if "out of memory" in str(error).lower() else "failed"
-        self._emit(rq.Failed(0, f"The GPU {kind} ({type(error).__name__}); continuing on the CPU for this session.",
-                             "Device"))
+        self._emit(rq.Failed(0, failure_note(error), "Device"))
         self._emit_ready()
 
     def _emit_ready(self) -> None:
@@ -367,8 +366,3 @@ class EngineWorker:
             can_redo=s.can_redo, edited=s.edited, faces=tuple(_face_info(f) for f in self.faces),
             face_index=self.face_index, crop=to_uint8(result.shown[0]), mode=mode,
             ms=(time.perf_counter() - t0) * 1000, name=s.photo.name, work=work)
-
-
-def _is_gpu_error(e: Exception) -> bool:
-    text = str(e).lower()
-    return isinstance(e, torch.cuda.OutOfMemoryError) or any(k in text for k in ("cuda", "cublas", "cudnn", "nvidia"))

@@ -70,7 +70,7 @@ def _weights_marker_is_honest(request: pytest.FixtureRequest) -> Iterator[None]:
     process-wide cache is emptied first, so every test that uses it is seen."""
     from engine.core import landmarks
 
-    landmarks._refiner.clear()
+    landmarks.load_refiner.cache_clear()
     _pretrained_reads.clear()
     _watching[0] = True
     yield

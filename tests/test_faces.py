@@ -14,12 +14,20 @@ import pytest
 from PIL import Image
 
 from engine.core import align
+from engine.core.checkpoint import DEFAULT_MODEL_DIR
 from engine.core.faces import find_faces, whole_image_face
 from engine.core.images import Photo
+from engine.core.landmarks import EyeRefiner
+from engine.core.model_folder import ModelFolder
 from engine.core.pipeline import detect
 from tests.conftest import RESOURCES
 
+
 # eye centres checked by hand on an 8x enlargement (viewer's left eye first)
+def shipped_refiner() -> EyeRefiner | None:
+    return ModelFolder.find(DEFAULT_MODEL_DIR).load_refiner()
+
+
 ASTRONAUT_EYES = np.array([[203.8, 101.3], [246.9, 103.1]])
 IOD = float(np.hypot(*(ASTRONAUT_EYES[1] - ASTRONAUT_EYES[0])))
 MAX_EYE_ERROR = 0.15  # of the inter-ocular distance
@@ -38,7 +46,7 @@ def _rotate(img: np.ndarray, angle: float, about: np.ndarray) -> tuple[np.ndarra
 
 @pytest.mark.weights  # the shipped eye refiner
 def test_astronaut_face_and_eyes(astronaut: np.ndarray) -> None:
-    faces = detect(Photo(astronaut))
+    faces = detect(Photo(astronaut), shipped_refiner())
     assert len(faces) == 1
     assert _eye_error(faces[0].eyes, ASTRONAUT_EYES) < MAX_EYE_ERROR
 
@@ -48,7 +56,7 @@ def test_astronaut_face_and_eyes(astronaut: np.ndarray) -> None:
 def test_rotated_face_is_found_and_aligned_upright(astronaut: np.ndarray, angle: float) -> None:
     img, m = _rotate(astronaut, angle, ASTRONAUT_EYES.mean(0))
     truth = align.apply(m, ASTRONAUT_EYES)
-    faces = detect(Photo(img))
+    faces = detect(Photo(img), shipped_refiner())
     assert faces, "the tilted face was not found"
     assert _eye_error(faces[0].eyes, truth) < MAX_EYE_ERROR
     # the aligned crop is upright: its eyes are level
@@ -84,9 +92,7 @@ def test_whole_image_fallback_reads_the_image_as_a_template_crop() -> None:
 
 @pytest.mark.weights
 def test_shipped_eye_refiner_recovers_from_a_rough_guess(astronaut: np.ndarray) -> None:
-    from engine.core.landmarks import default_refiner
-
-    refiner = default_refiner()
+    refiner = shipped_refiner()
     if refiner is None:
         pytest.skip("pretrained/landmarks.safetensors is not shipped")
     centre = ASTRONAUT_EYES.mean(0)

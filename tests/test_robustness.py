@@ -127,10 +127,11 @@ def test_cli_edit_exits_cleanly_for_every_case(case: str, tmp_path: Path, tiny_m
         assert CORPUS[case][2] in err
 
 
-def test_cli_align_without_a_face_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_align_without_a_face_is_one_line(tmp_path: Path, tiny_model_dir: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     p = tmp_path / "flat.png"
     Image.new("RGB", (200, 200), (120, 120, 120)).save(p)
-    assert main(["align", str(p), "-o", str(tmp_path / "c.png")]) == 2
+    assert main(["align", str(p), "-o", str(tmp_path / "c.png"), "--weights", str(tiny_model_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "no face" in err
@@ -217,7 +218,7 @@ def _write_with_every_writer(tiny_model_dir: Path, photo: Path, out: Path) -> di
                "GUI export": out / "export.jpg", "autosave": out / "autosave.npe"}
     assert main(["edit", str(photo), "-o", str(written["npe edit"]), "--weights", str(tiny_model_dir),
                  "--stroke", "#ffffff:6:100,80;130,82"]) == 0
-    assert main(["align", str(photo), "-o", str(written["npe align"])]) == 0
+    assert main(["align", str(photo), "-o", str(written["npe align"]), "--weights", str(tiny_model_dir)]) == 0
     engine = Engine.load(tiny_model_dir, "cpu")
     session, faces = open_session(engine, photo)
     save_session(session, written["session"], faces, 0)
@@ -236,7 +237,6 @@ def _write_with_every_writer(tiny_model_dir: Path, photo: Path, out: Path) -> di
 def test_every_writer_gives_files_others_can_read(umask: Callable[[int], None], tiny_model_dir: Path,
                                                   tmp_path: Path, astronaut: np.ndarray,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NPE_LANDMARKS", str(tmp_path / "none.safetensors"))  # the cascade alone: no weights
     photo = tmp_path / "astronaut.png"
     Image.fromarray(astronaut[:, :, :3]).resize((256, 256)).save(photo)
     umask(0o022)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from engine.tools.data import CACHE_VERSION
 from engine.tools.train import TrainOptions, train
+from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +36,7 @@ def make_cache(data_dir: Path, n: int = 40, size: int = 32) -> Path:
 
 
 def tiny_options(data: Path, out: Path, **kw: object) -> TrainOptions:
-    base = dict(data=str(data), out=str(out), resolution=32, latent_dim=16, decoder_channels="16,12,8,8",
-                encoder_channels="4,8,8", discriminator_channels="4,8,8", batch_size=8, steps=4, log_every=1,
+    base = dict(data=str(data), out=str(out), model=TINY, batch_size=8, steps=4, log_every=1,
                 image_every=2, checkpoint_every=2, export_every=4, adv_ramp_steps=2, sets="celeba")
     base.update(kw)
     return TrainOptions(**base)  # type: ignore[arg-type]
@@ -49,7 +49,7 @@ def test_training_writes_options_grids_and_a_loadable_model(tmp_path: Path) -> N
     out = train(tiny_options(data, tmp_path / "run"))
     opts = json.loads((out / "options.json").read_text())
     assert opts["steps"] == 4
-    assert opts["resolution"] == 32
+    assert opts["model"]["resolution"] == 32
     assert (out / "grid-0000002.png").exists()
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(logs) == 4
@@ -126,3 +126,26 @@ def test_learning_rate_decays_linearly_to_a_tenth(tmp_path: Path) -> None:
     assert t.learning_rate(10) == pytest.approx(1e-3)
     assert t.learning_rate(75) == pytest.approx(1e-3 * 0.55)
     assert t.learning_rate(100) == pytest.approx(1e-4)
+
+
+def test_npe_export_writes_a_runs_live_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.core.checkpoint import load_model
+    from engine.tools.cli import main
+
+    data = make_cache(tmp_path / "data")
+    run = train(tiny_options(data, tmp_path / "run", steps=2))
+    assert main(["export", str(run), "--out", str(tmp_path / "shipped"), "--live"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == str(tmp_path / "shipped")
+    loaded = load_model(tmp_path / "shipped")
+    assert loaded.model_id == "run-2-live"
+    assert loaded.config == TINY
+
+
+def test_options_of_older_runs_still_read() -> None:
+    """Runs saved before the network had its own entry kept it flat, as comma strings."""
+    old = {"data": "d", "out": "o", "resolution": 32, "latent_dim": 16, "decoder_channels": "16,12,8,8",
+           "encoder_channels": "4,8,8", "discriminator_channels": "4,8,8", "steps": 9, "unknown_option": 1}
+    opts = TrainOptions.from_dict(old)
+    assert opts.model == TINY
+    assert opts.steps == 9
+    assert TrainOptions.from_dict(opts.to_dict()) == opts

@@ -13,8 +13,8 @@ weights ship in ``pretrained/``.
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -79,20 +79,16 @@ class EyeRefiner:
         return eyes
 
 
-_refiner: list[EyeRefiner | None] = []  # loaded once: [refiner] or [None]
+@functools.lru_cache(maxsize=4)
+def load_refiner(path: Path) -> EyeRefiner | None:
+    """The refiner stored at ``path`` (with its .json beside it), or None when it is absent or
+    unreadable (the face cascade alone is used then). Loaded once per path."""
+    from engine.core.checkpoint import ModelError, read_tensors
 
-
-def default_refiner() -> EyeRefiner | None:
-    """The shipped refiner, or None when its weights are absent (the cascade alone is used)."""
-    if not _refiner:
-        from engine.core.checkpoint import DEFAULT_MODEL_DIR, ModelError, read_tensors
-
-        path = Path(os.environ.get("NPE_LANDMARKS", DEFAULT_MODEL_DIR / WEIGHTS))
-        try:
-            meta = json.loads(path.with_suffix(".json").read_text())
-            net = EyeNet(int(meta.get("width", 24)))
-            net.load_state_dict(read_tensors(path))
-            _refiner.append(EyeRefiner(net))
-        except (OSError, ValueError, ModelError, RuntimeError, KeyError):
-            _refiner.append(None)
-    return _refiner[0]
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        net = EyeNet(int(meta.get("width", 24)))
+        net.load_state_dict(read_tensors(path))
+    except (OSError, ValueError, ModelError, RuntimeError, KeyError):
+        return None
+    return EyeRefiner(net)

@@ -23,13 +23,16 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The network's shape: what training builds (``TrainOptions.model``) and what ``config.json``
+    stores and the loader rebuilds. The defaults are the shipped model's."""
+
     resolution: int = 64
     latent_dim: int = 256
     # decoder channels at 4x4, 8x8, ... resolution (log2(resolution / 4) + 1 entries)
-    decoder_channels: tuple[int, ...] = (512, 256, 128, 64, 32)
+    decoder_channels: tuple[int, ...] = (384, 192, 96, 48, 24)
     # encoder / discriminator channels at resolution, resolution / 2, ... 8x8
     encoder_channels: tuple[int, ...] = (32, 64, 128, 256)
-    discriminator_channels: tuple[int, ...] = (32, 64, 128, 256)
+    discriminator_channels: tuple[int, ...] = (16, 32, 64, 128)
     # resolutions up to this get a second (residual) convolution in the decoder
     decoder_double_up_to: int = 16
     grid: tuple[int, int] = field(default=(0, 0))  # latent canvas rows, cols; (0, 0): nearest square

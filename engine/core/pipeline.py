@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import torch
 
 from engine.core.attributes import AttributeSet
-from engine.core.checkpoint import LoadedModel, load_model
+from engine.core.checkpoint import LoadedModel
+from engine.core.device import pick_device
 from engine.core.faces import Face, find_faces, whole_image_face
 from engine.core.images import Photo, load_photo
-from engine.core.landmarks import default_refiner
+from engine.core.landmarks import EyeRefiner
+from engine.core.model_folder import ModelFolder
 from engine.core.session import EditSession
 
 
@@ -21,18 +23,20 @@ class NoFaceError(Exception):
 
 @dataclass
 class Engine:
-    """A loaded model with its attribute directions, on one device."""
+    """Everything a model folder holds that editing needs, loaded on one device."""
 
+    folder: ModelFolder
     loaded: LoadedModel
     attributes: AttributeSet
+    refiner: EyeRefiner | None
     device: torch.device
 
     @classmethod
-    def load(cls, model_dir: str | os.PathLike[str] | None = None, device: str = "auto") -> Engine:
+    def load(cls, where: str | os.PathLike[str] | ModelFolder | None = None, device: str = "auto") -> Engine:
+        folder = ModelFolder.find(where)
         dev = pick_device(device)
-        loaded = load_model(model_dir, dev)
-        attrs = AttributeSet.load(loaded.path, loaded.config.latent_dim)
-        return cls(loaded, attrs, dev)
+        loaded = folder.load_model(dev)
+        return cls(folder, loaded, folder.load_attributes(loaded.config.latent_dim), folder.load_refiner(), dev)
 
     def describe(self) -> dict[str, object]:
         cfg = self.loaded.config
@@ -41,8 +45,8 @@ class Engine:
             "latent_dim": cfg.latent_dim,
             "latent_grid": list(cfg.grid),
             "device": str(self.device),
-            "weights": str(self.loaded.path / "model.safetensors"),
             "model_id": self.loaded.model_id,
+            **self.folder.describe(),
             "attributes": [a.name for a in self.attributes.visible() if a.kind == "named"],
             "latent_directions": [a.name for a in self.attributes.visible() if a.kind == "pca"],
             "attributes_failing_the_judge": [a.name for a in self.attributes.attributes if a.quality == "hidden"],
@@ -51,28 +55,17 @@ class Engine:
         }
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU. An unusable explicit choice is an error."""
-    if name in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for, but no CUDA GPU is available: use --device cpu")
-    return dev
-
-
-def refine_face(photo: Photo, face: Face) -> Face:
-    """Sharpen the eye positions of a detected face with the landmark regressor, when shipped."""
-    refiner = default_refiner()
+def refine_face(photo: Photo, face: Face, refiner: EyeRefiner | None) -> Face:
+    """Sharpen the eye positions of a detected face with the landmark regressor, when there is one."""
     if refiner is None or face.manual:
         return face
     eyes = refiner.refine(photo.pixels, face.eyes)
     return Face(eyes=eyes, box=face.box, score=face.score, eyes_found=face.eyes_found)
 
 
-def detect(photo: Photo) -> list[Face]:
+def detect(photo: Photo, refiner: EyeRefiner | None) -> list[Face]:
     """Faces in the photo, best first, with refined eyes."""
-    return [refine_face(photo, f) for f in find_faces(photo.pixels)]
+    return [refine_face(photo, f, refiner) for f in find_faces(photo.pixels)]
 
 
 def choose_face(photo: Photo, faces: list[Face], index: int | None = None, allow_whole: bool = True) -> Face:
@@ -94,7 +87,7 @@ def choose_face(photo: Photo, faces: list[Face], index: int | None = None, allow
 def open_session(engine: Engine, path: str | os.PathLike[str] | Photo, face_index: int | None = None,
                  faces: list[Face] | None = None) -> tuple[EditSession, list[Face]]:
     photo = path if isinstance(path, Photo) else load_photo(path)
-    found = detect(photo) if faces is None else faces
+    found = detect(photo, engine.refiner) if faces is None else faces
     face = choose_face(photo, found, face_index)
     session = EditSession(engine.loaded, photo, face, engine.device, engine.attributes)
     return session, found

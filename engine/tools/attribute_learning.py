@@ -18,10 +18,10 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ import torch.nn.functional as F
 
 from engine.core.attributes import SLIDER_RANGE, Attribute, AttributeSet
 from engine.core.judge import AttributeJudge, judge_scores, load_judge, save_judge
+
+if TYPE_CHECKING:
+    from engine.tools.evaluate import EvalOptions
 
 # slider name -> (label, CelebA column, sign)
 SLIDERS: dict[str, tuple[str, str, int]] = {
@@ -257,12 +260,24 @@ def quality_of(r: dict[str, float]) -> str:
     return "hidden"
 
 
-def learn_attributes(args: argparse.Namespace) -> dict[str, object]:
+@dataclass
+class AttributeOptions:
+    """``npe attributes``: learn the slider directions (and the judge) for a model."""
+
+    data: str
+    out: str | None = None  # model folder to write to (default: the --weights folder)
+    n: int = 0  # training faces to encode (0: all)
+    retrain_judge: bool = False
+    weights: str | None = None
+    device: str = "auto"
+
+
+def learn_attributes(args: AttributeOptions) -> dict[str, object]:
     from engine.core.pipeline import Engine
     from engine.tools.data import AlignedFaces, aligned_cache
 
     t0 = time.perf_counter()
-    engine = Engine.load(args.weights, "cpu")
+    engine = Engine.load(args.weights, args.device)
     model_dir = Path(args.out) if args.out else engine.loaded.path
     res = engine.loaded.config.resolution
     cache = aligned_cache(Path(args.data), res)
@@ -294,7 +309,7 @@ def learn_attributes(args: argparse.Namespace) -> dict[str, object]:
     aset = AttributeSet(attrs, torch.from_numpy(np.stack(vectors)))
 
     judge_path = model_dir / "judge.json"
-    if judge_path.exists() and not getattr(args, "retrain_judge", False):
+    if judge_path.exists() and not args.retrain_judge:
         judge, judge_names = load_judge(model_dir)
     else:
         judge = train_judge(train)
@@ -339,7 +354,7 @@ class _Subset:
         return self.faces.images(self.rows[np.asarray(idx)])  # type: ignore[attr-defined]
 
 
-def evaluate_attributes(args: argparse.Namespace) -> dict[str, object]:
+def evaluate_attributes(args: EvalOptions) -> dict[str, object]:
     from engine.core.pipeline import Engine
     from engine.tools.data import AlignedFaces, aligned_cache
 

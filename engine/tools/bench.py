@@ -11,10 +11,10 @@
 
 from __future__ import annotations
 
-import argparse
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,18 @@ def make_test_photo(path: Path, megapixels: float = 12.0) -> Path:
     return path
 
 
-def bench(args: argparse.Namespace) -> dict[str, object]:
+@dataclass
+class BenchOptions:
+    """``npe bench``: which model, device and photo to time."""
+
+    threads: int = 0  # CPU threads (0: torch's default)
+    photo: str | None = None  # a photo to open (default: a generated 12-megapixel photo)
+    events: int = 300  # brush samples to replay
+    weights: str | None = None
+    device: str = "auto"
+
+
+def bench(args: BenchOptions) -> dict[str, object]:
     from engine.core.images import load_photo, save_image
     from engine.core.pipeline import Engine, open_session
     from engine.core.session import fit_scale

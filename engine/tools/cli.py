@@ -9,6 +9,7 @@
     npe attributes --data DIR         learn the attribute directions for a model
     npe landmarks --data DIR          train the eye-landmark refiner
     npe bench                         speed figures, as JSON
+    npe export RUN --out DIR          a training run's latest weights as a model folder
 
 Every failure ends in one line on stderr and a non-zero exit status.
 """
@@ -23,14 +24,15 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from engine.core.attributes import AttributeSet
 
-COMMANDS = ("info", "edit", "align", "train", "eval", "attributes", "landmarks", "bench")
+T = TypeVar("T")
+COMMANDS = ("info", "edit", "align", "train", "eval", "attributes", "landmarks", "bench", "export")
 STROKE_RE = re.compile(r"^#?([0-9a-fA-F]{6}):(\d+(?:\.\d+)?):(.+)$")
 
 
@@ -171,11 +173,13 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def cmd_align(args: argparse.Namespace) -> int:
     from engine.core import align
     from engine.core.images import check_output_path, load_photo, save_image
+    from engine.core.model_folder import ModelFolder
     from engine.core.pipeline import choose_face, detect
 
     check_output_path(args.output)
+    refiner = ModelFolder.find(args.weights).load_refiner()
     photo = load_photo(args.photo)
-    faces = detect(photo)
+    faces = detect(photo, refiner)
     face = choose_face(photo, faces, args.face, allow_whole=False)
     t = face.transform(args.size)
     save_image(args.output, align.warp_to_crop(photo.pixels, t, args.size), photo=None)
@@ -188,44 +192,87 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from engine.tools.train import options_from_args, train
+def _options(cls: type[T], args: argparse.Namespace) -> T:
+    """A tool's typed options from the parsed command line (fields the line left out keep their defaults)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+             if getattr(args, f.name, None) is not None}
+    return cls(**given)
 
-    out = train(options_from_args(vars(args)))
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.core.model import ModelConfig
+    from engine.tools.train import TrainOptions, train
+
+    opts = _options(TrainOptions, args)
+    model = {f: getattr(args, f) for f in ModelConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
+    if model:
+        base = {k: v for k, v in opts.model.to_dict().items() if k != "grid"}  # the grid follows latent_dim
+        opts = dataclasses.replace(opts, model=ModelConfig.from_dict({**base, **model}))
+    out = train(opts)
     print(f"trained; exported model in {out / 'model'}", file=sys.stderr)
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from engine.tools.evaluate import evaluate
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.tools.train import export_run
 
-    _print_json(evaluate(args))
+    out = export_run(Path(args.run), Path(args.out), which="model" if args.live else "ema")
+    print(json.dumps({"model": str(out)}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from engine.tools.evaluate import EvalOptions, evaluate
+
+    _print_json(evaluate(_options(EvalOptions, args)))
     return 0
 
 
 def cmd_attributes(args: argparse.Namespace) -> int:
-    from engine.tools.attribute_learning import learn_attributes
+    from engine.tools.attribute_learning import AttributeOptions, learn_attributes
 
-    _print_json(learn_attributes(args))
+    _print_json(learn_attributes(_options(AttributeOptions, args)))
     return 0
 
 
 def cmd_landmarks(args: argparse.Namespace) -> int:
-    from engine.tools.landmark_training import train_landmarks
+    from engine.tools.landmark_training import LandmarkOptions, train_landmarks
 
-    path = train_landmarks(Path(args.data), Path(args.out), steps=args.steps)
+    path = train_landmarks(_options(LandmarkOptions, args))
     print(json.dumps({"weights": str(path)}))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from engine.tools.bench import bench
+    from engine.tools.bench import BenchOptions, bench
 
-    _print_json(bench(args))
+    _print_json(bench(_options(BenchOptions, args)))
     return 0
 
 
 # ---- parser -----------------------------------------------------------------------------
+
+def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field[object], required: bool = False) -> None:
+    """A flag for one option field: booleans switch on; tuples of ints are written 'a,b,c'."""
+    flag = "--" + f.name.replace("_", "-")
+    typ = str(f.type)
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if typ == "bool":
+        p.add_argument(flag, dest=f.name, action="store_true", default=None, help=f"(default {default})")
+        return
+    convert: Callable[[str], object] = {"int": int, "float": float}.get(typ, str)
+    if typ.startswith("tuple[int"):
+        convert = _int_list
+        default = ",".join(map(str, default)) if default else default  # type: ignore[call-overload]
+    p.add_argument(flag, dest=f.name, type=convert, default=None, required=required, help=f"(default {default!r})")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
+
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="model folder (default: pretrained/)")
@@ -236,6 +283,7 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
     """The parser; ``attribute_list_from``: a model folder (True: the default one) whose sliders
     ``npe edit --help`` lists (read only when help is asked for)."""
     from engine.core.attributes import SLIDER_RANGE
+    from engine.core.model import ModelConfig
     from engine.tools.train import TrainOptions
 
     parser = argparse.ArgumentParser(prog="npe", description="Neural Photo Editor: `npe` or `npe PHOTO` opens the "
@@ -273,16 +321,21 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--face", type=int)
+    p.add_argument("--weights", help="model folder whose eye refiner is used (default: pretrained/)")
 
     p = sub.add_parser("train", help="train the face model")
     for f in dataclasses.fields(TrainOptions):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, dest=f.name, action="store_true", help=f"(default {f.default})")
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            p.add_argument(flag, dest=f.name, type=typ, default=None, required=f.name == "data",
-                           help=f"(default {f.default!r})")
+        if f.name != "model":
+            _add_field(p, f, required=f.name == "data")
+    for f in dataclasses.fields(ModelConfig):  # the network: saved in config.json as the loader reads it
+        if f.name != "grid":
+            _add_field(p, f)
+
+    p = sub.add_parser("export", help="write a training run's latest weights as a model folder")
+    p.add_argument("run", help="the run folder (npe train --out)")
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--live", action="store_true",
+                   help="the live weights instead of the averaged ones (no batch-norm recalibration, no data needed)")
 
     p = sub.add_parser("eval", help="evaluate a model; prints JSON")
     p.add_argument("--data", required=True, help="prepared data folder or a folder of face photos")
@@ -316,7 +369,8 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
 
 
 HANDLERS = {"info": cmd_info, "edit": cmd_edit, "align": cmd_align, "train": cmd_train, "eval": cmd_eval,
-            "attributes": cmd_attributes, "landmarks": cmd_landmarks, "bench": cmd_bench}
+            "attributes": cmd_attributes, "landmarks": cmd_landmarks, "bench": cmd_bench,
+            "export": cmd_export}
 
 
 def _weights_in(argv: list[str]) -> Path | None:

@@ -14,7 +14,6 @@ exactly as the editor does, one latent update per mouse sample):
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,9 @@ from engine.core import align
 from engine.core.edit import BrushRule, MaskSettings, halo_of
 from engine.core.faces import whole_image_face
 from engine.core.images import Photo, load_photo, to_tensor, to_uint8
+from engine.core.landmarks import EyeRefiner
+from engine.core.model_folder import ModelFolder
+from engine.core.pipeline import Engine
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,8 @@ def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = No
     }
 
 
-def load_eval_crops(data: Path, resolution: int, n: int) -> tuple[np.ndarray, str, int]:
+def load_eval_crops(data: Path, resolution: int, n: int, refiner: EyeRefiner | None = None
+                    ) -> tuple[np.ndarray, str, int]:
     """Held-out aligned faces from prepared data, or detected+aligned faces from a plain folder."""
     if (data / "celeba").is_dir() or any(data.glob("aligned-*/meta.json")):
         from engine.tools.data import AlignedFaces, aligned_cache
@@ -167,7 +170,7 @@ def load_eval_crops(data: Path, resolution: int, n: int) -> tuple[np.ndarray, st
         except ImageError:
             missed += 1
             continue
-        faces = detect(photo)
+        faces = detect(photo, refiner)
         if not faces:
             missed += 1
             continue
@@ -195,32 +198,46 @@ def write_grid(model: torch.nn.Module, crops: np.ndarray, path: Path, latent_dim
     ).save(path)
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, object]:
-    from engine.core.pipeline import Engine
+@dataclass
+class EvalOptions:
+    """``npe eval``: what to evaluate, on which data and model."""
 
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
-    if getattr(args, "attributes", False):
+    data: str
+    n: int = 500  # faces to evaluate
+    grid: str = "eval-grid.png"  # where to write the image grid
+    attributes: bool = False  # the attribute sliders instead
+    alignment: bool = False  # face detection and eye alignment instead
+    rule: str = "adam"  # brush update rule to measure (adam or sgd2016)
+    brush_n: int = 24  # faces to replay the brush strokes on
+    threads: int = 0  # CPU threads (0: torch's default)
+    weights: str | None = None  # model folder (default: pretrained/)
+    device: str = "auto"
+
+
+def evaluate(opts: EvalOptions) -> dict[str, object]:
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.attributes:
         from engine.tools.attribute_learning import evaluate_attributes
 
-        return evaluate_attributes(args)
-    if getattr(args, "alignment", False):
-        return alignment_metrics(Path(args.data), args.n)
-    engine = Engine.load(args.weights, args.device)
+        return evaluate_attributes(opts)
+    if opts.alignment:
+        return alignment_metrics(Path(opts.data), ModelFolder.find(opts.weights).load_refiner(), opts.n)
+    engine = Engine.load(opts.weights, opts.device)
     model = engine.loaded.model
     res = engine.loaded.config.resolution
-    crops, source, missed = load_eval_crops(Path(args.data), res, args.n)
+    crops, source, missed = load_eval_crops(Path(opts.data), res, opts.n, engine.refiner)
     t0 = time.perf_counter()
     out: dict[str, object] = {"n": int(len(crops)), "source": source, "weights": str(engine.loaded.path),
                               "model_id": engine.loaded.model_id, "resolution": res}
     if missed:
         out["skipped_no_face"] = missed
     out.update(reconstruction_metrics(model, crops))
-    n_brush = min(len(crops), getattr(args, "brush_n", 24))
-    rule = BrushRule(getattr(args, "rule", "adam"))
+    n_brush = min(len(crops), opts.brush_n)
+    rule = BrushRule(opts.rule)
     out.update(brush_metrics(engine, crops[:n_brush], rule))
     out["brush_n"] = n_brush
-    grid = Path(args.grid)
+    grid = Path(opts.grid)
     write_grid(model, crops, grid, engine.loaded.config.latent_dim)
     out["grid"] = str(grid)
     out["seconds"] = round(time.perf_counter() - t0, 1)
@@ -228,7 +245,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, object]:
 
 
 
-def alignment_metrics(data: Path, n: int = 300, seed: int = 0) -> dict[str, object]:
+def alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300, seed: int = 0) -> dict[str, object]:
     """Eye localisation on held-out aligned CelebA photos, turned and scaled at random.
 
     The eyes of an aligned CelebA image sit at a known place (about 1.5 px spread), so the
@@ -238,13 +255,12 @@ def alignment_metrics(data: Path, n: int = 300, seed: int = 0) -> dict[str, obje
     import cv2
 
     from engine.core.faces import find_faces
-    from engine.core.landmarks import _read_rgb, default_refiner
+    from engine.core.landmarks import _read_rgb
     from engine.tools.data import _held_out, list_items
 
     items = [it for it in list_items(data, ("celeba",))[0] if _held_out(it.identity)]
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(items), min(n, len(items)), replace=False)
-    refiner = default_refiner()
     found, err_cascade, err_refined, times = 0, [], [], []
     for i in pick:
         img = _read_rgb(data / items[i].file)

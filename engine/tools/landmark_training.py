@@ -8,6 +8,7 @@ perturbed crop is known too.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,20 @@ def make_examples(images: list[np.ndarray], rng: np.random.Generator, per_image:
     return np.stack(xs)[:, None].astype(np.float32), np.stack(ys).astype(np.float32)
 
 
-def train_landmarks(data_dir: Path, out_dir: Path, steps: int = 3000, batch: int = 64, seed: int = 0,
-                    log: bool = True) -> Path:
+@dataclass
+class LandmarkOptions:
+    """``npe landmarks``: train the eye refiner on aligned CelebA."""
+
+    data: str
+    out: str = "pretrained"  # the model folder that receives landmarks.safetensors
+    steps: int = 3000
+    batch: int = 64
+    seed: int = 0
+    log: bool = True
+
+
+def train_landmarks(opts: LandmarkOptions) -> Path:
+    data_dir, out_dir, steps, batch, seed = Path(opts.data), Path(opts.out), opts.steps, opts.batch, opts.seed
     items, _ = list_items(data_dir, ("celeba",))
     train_items = [it for it in items if not _held_out(it.identity)]
     rng = np.random.default_rng(seed)
@@ -66,7 +79,7 @@ def train_landmarks(data_dir: Path, out_dir: Path, steps: int = 3000, batch: int
     net = EyeNet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    bar = tqdm(range(steps), disable=not log, desc="training eye landmarks")
+    bar = tqdm(range(steps), disable=not opts.log, desc="training eye landmarks")
     for _step in bar:
         pick = rng.choice(len(train_items), batch // 4, replace=False)
         imgs = [_read_rgb(data_dir / train_items[i].file) for i in pick]

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from engine.core import checkpoint
+from engine.core.device import pick_device
 from engine.core.images import to_tensor, to_uint8
 from engine.core.model import Discriminator, FaceModel, ModelConfig
 from engine.tools.data import AlignedFaces, build_cache
@@ -43,11 +44,7 @@ REAL, RECONSTRUCTED, SAMPLED = 0, 1, 2
 class TrainOptions:
     data: str = ""
     out: str = "runs/default"
-    resolution: int = 64
-    latent_dim: int = 256
-    decoder_channels: str = "384,192,96,48,24"
-    encoder_channels: str = "32,64,128,256"
-    discriminator_channels: str = "16,32,64,128"
+    model: ModelConfig = field(default_factory=ModelConfig)  # the network; the same class loads it
     sets: str = "celeba,lfw"
     batch_size: int = 64
     steps: int = 100_000
@@ -69,21 +66,22 @@ class TrainOptions:
     export_every: int = 2000
     resume: bool = False
 
-    def model_config(self) -> ModelConfig:
-        ints = lambda s: tuple(int(v) for v in s.split(","))  # noqa: E731
-        return ModelConfig(
-            resolution=self.resolution,
-            latent_dim=self.latent_dim,
-            decoder_channels=ints(self.decoder_channels),
-            encoder_channels=ints(self.encoder_channels),
-            discriminator_channels=ints(self.discriminator_channels),
-        )
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "model": self.model.to_dict()}
 
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> TrainOptions:
+        """Options as saved in a run (``options.json``, ``state.json``); runs saved before the
+        network had its own ``model`` entry kept its settings flat, as comma strings."""
+        known = {f.name for f in fields(cls)}
+        opts = {k: v for k, v in d.items() if k in known and k != "model" and v is not None}
+        model = d.get("model")
+        if not isinstance(model, dict):
+            model = {k: v for k, v in d.items() if k in ModelConfig.__dataclass_fields__}
+        for k, v in list(model.items()):
+            if isinstance(v, str):
+                model[k] = tuple(int(x) for x in v.split(","))
+        return cls(**opts, model=ModelConfig.from_dict(model))  # type: ignore[arg-type]
 
 
 class Trainer:
@@ -103,7 +101,7 @@ class Trainer:
         if opts.batch_size % self.world:
             raise ValueError(f"batch size {opts.batch_size} does not split over {self.world} processes")
         self.out = Path(opts.out)
-        self.cfg = opts.model_config()
+        self.cfg = opts.model
         torch.manual_seed(opts.seed)
         # channels-last: 1.4x faster convolutions on the CPU (measured), fine on GPUs
         cl = torch.channels_last
@@ -235,7 +233,7 @@ class Trainer:
         tmp = self.out / "state.safetensors.tmp"
         save_file(tensors, str(tmp))
         os.replace(tmp, self.out / "state.safetensors")
-        meta = {"step": self.step, "groups_g": groups_g, "groups_d": groups_d, "options": asdict(self.opts)}
+        meta = {"step": self.step, "groups_g": groups_g, "groups_d": groups_d, "options": self.opts.to_dict()}
         (self.out / "state.json.tmp").write_text(json.dumps(meta))
         os.replace(self.out / "state.json.tmp", self.out / "state.json")
 
@@ -303,9 +301,9 @@ class Trainer:
         if o.resume and (self.out / "state.safetensors").exists():
             self.load_state()
         if self.rank == 0:  # before any step; a resumed run appends what it was resumed with
-            (self.out / "options.json").write_text(json.dumps(asdict(o), indent=2) + "\n")
+            (self.out / "options.json").write_text(json.dumps(o.to_dict(), indent=2) + "\n")
             with (self.out / "options-history.jsonl").open("a") as fh:
-                fh.write(json.dumps({"from_step": self.step, **asdict(o)}) + "\n")
+                fh.write(json.dumps({"from_step": self.step, **o.to_dict()}) + "\n")
         self.load_data()
         self.model.train()
         self.disc.train()
@@ -345,11 +343,6 @@ class Trainer:
             dist.destroy_process_group()
 
 
-def options_from_args(args: dict[str, object]) -> TrainOptions:
-    names = {f.name for f in fields(TrainOptions)}
-    return TrainOptions(**{k: v for k, v in args.items() if k in names and v is not None})  # type: ignore[arg-type]
-
-
 def train(opts: TrainOptions) -> Path:
     trainer = Trainer(opts)
     trainer.run()
@@ -382,13 +375,13 @@ def export_run(run_dir: Path, out_dir: Path, which: str = "ema") -> Path:
     """Write a run's latest encoder + decoder (``ema``: averaged and recalibrated, or ``model``:
     the live weights) as a model folder."""
     meta = json.loads((run_dir / "state.json").read_text())
-    opts = options_from_args(meta["options"])
+    opts = TrainOptions.from_dict(meta["options"])
     tensors = load_file(str(run_dir / "state.safetensors"), device="cpu")
-    model = FaceModel(opts.model_config())
+    model = FaceModel(opts.model)
     p = which + "."
     model.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
     if which == "ema":
-        faces = AlignedFaces(build_cache(Path(opts.data), opts.resolution, tuple(opts.sets.split(","))), "train")
+        faces = AlignedFaces(build_cache(Path(opts.data), opts.model.resolution, tuple(opts.sets.split(","))), "train")
         rng = np.random.default_rng(int(meta["step"]))
         recalibrate_batchnorm(model, lambda: to_tensor(faces.images(
             rng.choice(len(faces), opts.batch_size, replace=False))))
