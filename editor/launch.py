@@ -2,6 +2,7 @@
 
     npe [PHOTO]              the editor, on PHOTO or on the default face
     npe COMMAND ...          a command-line tool (engine.tools.cli: info, edit, align, ...)
+    npe bench --window       the editor window's responsiveness (editor.bench_window)
     npe-editor [PHOTO]       the editor alone
 
 Nothing here imports Qt before it is needed, so the tools start as fast as without the
@@ -20,6 +21,10 @@ from engine.tools import cli
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["bench"] and "--window" in args:  # the window's figures need the editor
+        from editor import bench_window
+
+        return bench_window.main(args[1:])
     if args and (args[0] in cli.COMMANDS or args[0] in ("-h", "--help")):
         return cli.main(args)
     return editor_main(args)

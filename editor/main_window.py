@@ -294,10 +294,9 @@ class MainWindow(QMainWindow):
         c.face_box_drawn.connect(self._face_box_drawn)
         c.resized.connect(lambda *_: self._resize_timer.start())
         self.latent.latent_painted.connect(self._latent_painted)
-        self.attributes.changed.connect(lambda v: self._send(rq.SetSliders, values=tuple(sorted(v.items()))))
-        self.attributes.committed.connect(
-            lambda v: self._send(rq.SetSliders, values=tuple(sorted(v.items())), commit=True))
-        self.attributes.conditional_changed.connect(lambda on: self._send(rq.SetConditional, on=on))
+        self.attributes.changed.connect(lambda v: self._send(rq.SetSliders, values=v))
+        self.attributes.committed.connect(lambda v: self._send(rq.SetSliders, values=v, commit=True))
+        self.attributes.hold_changed.connect(lambda on: self._send(rq.SetHold, on=on))
 
     # ---- settings binding ------------------------------------------------------------------
     def _apply_settings(self, s: Settings) -> None:
@@ -477,7 +476,7 @@ class MainWindow(QMainWindow):
         elif isinstance(a, rq.Ready):
             self.ready = True
             self.info = a.info
-            self.attributes.set_attributes(a.attributes)
+            self.attributes.set_sliders(a.sliders)
             dev = str(a.info.get("device", "cpu"))
             res = a.info.get("resolution")
             self.status_engine.setText(f"{'GPU' if dev.startswith('cuda') else 'CPU'} ({dev}) | "
@@ -501,7 +500,8 @@ class MainWindow(QMainWindow):
         self.canvas.face_index = f.face_index
         if not self.latent.isHidden():
             self.latent.set_latent(f.latent)
-        self.attributes.set_values(dict(f.sliders))
+        self.attributes.set_hold(f.hold)
+        self.attributes.set_values(f.sliders)
         if f.edited and f.mode == "edit" and f.work != "view":  # a new edit, not a redraw of the exported one
             self.exported_state = False
         self.act_undo.setEnabled(f.can_undo)

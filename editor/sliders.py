@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from editor.canvas import qimage_from_array
-from engine.core.attributes import SLIDER_RANGE
+from engine.core.attributes import Slider, SliderKind, SliderValues
 
 STEPS = 100  # slider ticks per unit
 LOADING = "Loading the model... the sliders appear when it is ready."
@@ -26,9 +26,9 @@ NO_ATTRIBUTES = "This model has no attribute directions."
 
 
 class AttributePanel(QWidget):
-    changed = Signal(object)  # dict name -> value, while dragging
-    committed = Signal(object)  # dict name -> value, on release / reset
-    conditional_changed = Signal(bool)
+    changed = Signal(object)  # SliderValues, while dragging
+    committed = Signal(object)  # SliderValues, on release / reset
+    hold_changed = Signal(bool)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -45,14 +45,14 @@ class AttributePanel(QWidget):
         self.conditional = QCheckBox("Hold correlated attributes fixed")
         self.conditional.setChecked(True)
         self.conditional.setToolTip("E.g. gray hair without ageing the face, makeup without changing gender")
-        self.conditional.toggled.connect(self.conditional_changed.emit)
+        self.conditional.toggled.connect(self.hold_changed.emit)
         self.conditional.toggled.connect(lambda _=False: self._populate())  # which sliders pass depends on it
         self.show_failed = QCheckBox("Show sliders that failed the judge")
         self.show_failed.setToolTip("Sliders whose edits the attribute classifier did not recognise "
                                     "(see the model card)")
         self.show_failed.toggled.connect(lambda _=False: self._populate())
-        self._attributes: tuple[tuple[str, str, str, str], ...] = ()
-        self._values: dict[str, float] = {}
+        self._sliders: tuple[Slider, ...] = ()
+        self._values = SliderValues()
         self.strips: dict[str, QLabel] = {}
         self.empty = QLabel(LOADING)
         self.empty.setWordWrap(True)
@@ -70,26 +70,32 @@ class AttributePanel(QWidget):
             if name in self.strips:
                 self.strips[name].setPixmap(QPixmap.fromImage(qimage_from_array(strip)))
 
-    def set_attributes(self, attributes: tuple[tuple[str, str, str, str], ...]) -> None:
-        """(name, label, quality with correlated attributes held, quality with them free) per
-        slider: 'weak' ones are marked, 'hidden' ones (failed the judge in the current mode)
-        shown only on request or while they hold a value."""
-        self._attributes = attributes
+    def set_sliders(self, sliders: tuple[Slider, ...]) -> None:
+        """The model's sliders: 'weak' ones are marked, 'hidden' ones (failed the judge in the
+        current mode) shown only on request or while they hold a value."""
+        self._sliders = sliders
         self.empty.setText(NO_ATTRIBUTES)
         self._populate()
 
     def set_unavailable(self, text: str) -> None:
         """No sliders can be had (the model failed to load): say so instead of 'loading'."""
-        self._attributes = ()
+        self._sliders = ()
         self.empty.setText(text)
         self._populate()
 
+    def set_hold(self, on: bool) -> None:
+        """Mirror the edit's hold mode (after undo, or a reopened session) without emitting."""
+        if self.conditional.isChecked() != on:
+            self.conditional.blockSignals(True)
+            self.conditional.setChecked(on)
+            self.conditional.blockSignals(False)
+            self._populate()
+
     def _populate(self) -> None:
-        mode = 2 if self.conditional.isChecked() else 3
-        rows = tuple((a[0], a[1], a[mode]) for a in self._attributes)
-        attributes = tuple(a for a in rows
-                           if a[2] != "hidden" or self.show_failed.isChecked() or self._values.get(a[0], 0.0))
-        self.show_failed.setVisible(any(a[2] == "hidden" for a in rows))
+        hold = self.conditional.isChecked()
+        shown = tuple(s for s in self._sliders
+                      if s.quality(hold) != "hidden" or self.show_failed.isChecked() or self._values.get(s.name))
+        self.show_failed.setVisible(any(s.quality(hold) == "hidden" for s in self._sliders))
         while self._grid.count():
             item = self._grid.takeAt(0)
             if item.widget() is not None:
@@ -97,8 +103,9 @@ class AttributePanel(QWidget):
         self.sliders.clear()
         self.values_labels.clear()
         self.strips.clear()
-        self.empty.setVisible(not attributes)
-        for row, (name, label, quality) in enumerate(attributes):
+        self.empty.setVisible(not shown)
+        for row, slider in enumerate(shown):
+            name, label, quality = slider.name, slider.label, slider.quality(hold)
             text = label + {"weak": " (weak)", "hidden": " (failed)"}.get(quality, "")
             name_label = QLabel(text)
             if quality == "weak":
@@ -109,7 +116,7 @@ class AttributePanel(QWidget):
                                       "(see the model card)")
                 name_label.setStyleSheet("color: #a07070")
             s = QSlider(Qt.Orientation.Horizontal)
-            s.setRange(int(-SLIDER_RANGE * STEPS), int(SLIDER_RANGE * STEPS))
+            s.setRange(int(slider.low * STEPS), int(slider.high * STEPS))
             s.setValue(0)
             s.setObjectName(name)
             s.setAccessibleName(label)
@@ -125,7 +132,7 @@ class AttributePanel(QWidget):
             self._grid.addWidget(s, 2 * row, 1)
             self._grid.addWidget(value, 2 * row, 2)
             self._grid.addWidget(reset, 2 * row, 3)
-            if name.startswith("pc"):
+            if slider.kind is SliderKind.PRINCIPAL:
                 strip = QLabel()
                 strip.setToolTip(f"What {label.lower()} changes on this face, from -2 to +2")
                 self._grid.addWidget(strip, 2 * row + 1, 0, 1, 4)
@@ -134,18 +141,18 @@ class AttributePanel(QWidget):
             self.values_labels[name] = value
         self.set_values(self._values)
 
-    def values(self) -> dict[str, float]:
-        return {n: s.value() / STEPS for n, s in self.sliders.items() if s.value() != 0}
+    def values(self) -> SliderValues:
+        return SliderValues.of({n: s.value() / STEPS for n, s in self.sliders.items()})
 
-    def set_values(self, values: dict[str, float]) -> None:
+    def set_values(self, values: SliderValues) -> None:
         """Mirror the engine's state without emitting."""
-        self._values = dict(values)
-        known = {a[0] for a in self._attributes}
-        if any(v and n in known and n not in self.sliders for n, v in values.items()):
+        self._values = values
+        known = {s.name for s in self._sliders}
+        if any(n in known and n not in self.sliders for n in values.names()):
             self._populate()  # a slider not shown holds a value (a session file, another mode): show it
             return
         for n, s in self.sliders.items():
-            v = int(round(values.get(n, 0.0) * STEPS))
+            v = int(round(values.get(n) * STEPS))
             if s.value() != v and not s.isSliderDown():
                 s.blockSignals(True)
                 s.setValue(v)

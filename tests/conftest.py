@@ -16,7 +16,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from engine.core import checkpoint  # noqa: E402
-from engine.core.attributes import Attribute, AttributeSet  # noqa: E402
+from engine.core.attributes import Attribute, AttributeSet, SliderKind  # noqa: E402
 from engine.core.model import FaceModel, ModelConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dirs = dirs / dirs.norm(dim=1, keepdim=True)
     AttributeSet([Attribute("smiling", "Smiling", 1.0, default_hold=("eyeglasses",)),
                   Attribute("eyeglasses", "Eyeglasses", 1.0, quality="weak"),
-                  Attribute("pc1", "Latent direction 1", 2.0, kind="pca")], dirs).save(d)
+                  Attribute("pc1", "Latent direction 1", 2.0, kind=SliderKind.PRINCIPAL)], dirs).save(d)
     return d
 
 
@@ -125,3 +125,19 @@ def astronaut() -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(RESOURCES / "astronaut.png").convert("RGB"))
+
+
+@pytest.fixture
+def brush_moves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A spy on the brush: how many mouse samples each latent update took (in order)."""
+    from engine.core.session import EditSession
+
+    moves: list[int] = []
+    real = EditSession.brush_to
+
+    def counted(self: EditSession, points: list[tuple[float, float]]) -> object:
+        moves.append(len(points))
+        return real(self, points)
+
+    monkeypatch.setattr(EditSession, "brush_to", counted)
+    return moves

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.core.attributes import Attribute, AttributeSet
+from engine.core.attributes import Attribute, AttributeSet, SliderKind, SliderValues
 from engine.core.checkpoint import ModelError
 from engine.tools.attribute_learning import AttributeJudge, fit_direction, label_holds, pca_directions, quality_of
 from tests.conftest import TINY, make_tiny_model
@@ -37,9 +38,10 @@ def test_conditional_direction_is_orthogonal_to_the_held_ones() -> None:
     g = attrs.direction("gray")
     assert float(g @ d[1]) == pytest.approx(0.0, abs=1e-6)
     assert float(g.norm()) == pytest.approx(1.0)
-    assert torch.allclose(attrs.direction("gray", hold=()), d[0])
+    assert torch.allclose(attrs.direction("gray", hold=False), d[0])
     off = attrs.offset({"gray": 2.0, "age": 0.0})
     assert torch.allclose(off, 2.0 * g)
+    assert torch.allclose(attrs.offset({"gray": 2.0}, hold=False), 2.0 * d[0])
 
 
 def test_a_slider_can_pass_the_judge_only_with_its_correlated_attributes_free(tmp_path: Path) -> None:
@@ -49,9 +51,29 @@ def test_a_slider_can_pass_the_judge_only_with_its_correlated_attributes_free(tm
     attrs.save(tmp_path)
     attrs = AttributeSet.load(tmp_path, 3)
     assert [a.name for a in attrs.visible()] == ["age"]
-    attrs.set_conditional(False)
-    assert [a.name for a in attrs.visible()] == ["gray", "age"]
-    assert attrs.describe()[0]["quality"] == "weak"
+    assert [a.name for a in attrs.visible(hold=False)] == ["gray", "age"]
+    gray = attrs.sliders()[0]
+    assert (gray.quality(hold=True), gray.quality(hold=False)) == ("hidden", "weak")
+    assert gray.kind is SliderKind.DIRECTION
+
+
+def test_slider_values_have_one_form() -> None:
+    a = SliderValues.of({"smiling": 1.5, "age": 0.0, "bangs": -1})
+    assert a.items == (("bangs", -1.0), ("smiling", 1.5))  # sorted, zeros left out
+    assert a == SliderValues.of([("smiling", 1.5), ("bangs", -1.0)])
+    assert a.get("age") == 0.0
+    assert dict(a) == {"bangs": -1.0, "smiling": 1.5}
+    assert not SliderValues.of({"smiling": 0.0})
+
+
+def test_older_attribute_files_name_the_kinds_as_strings(tmp_path: Path, tiny_model_dir: Path) -> None:
+    doc = json.loads((tiny_model_dir / "attributes.json").read_text())
+    for a in doc["attributes"]:
+        a["kind"] = {"direction": "named", "principal": "pca"}[a["kind"]]
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    (tmp_path / "m" / "attributes.json").write_text(json.dumps(doc))
+    kinds = [a.kind for a in AttributeSet.load(tmp_path / "m", TINY.latent_dim).attributes]
+    assert kinds == [SliderKind.DIRECTION, SliderKind.DIRECTION, SliderKind.PRINCIPAL]
 
 
 def test_a_learned_slider_moves_a_pixel_judge_the_right_way() -> None:
@@ -152,7 +174,7 @@ def test_learning_and_judging_sliders_end_to_end(tiny_model_dir: Path, tmp_path:
         (model / f).unlink()
     assert main(["attributes", "--data", str(data), "--weights", str(model), "--device", "cpu"]) == 0
     attrs = AttributeSet.load(model, TINY.latent_dim)
-    assert [a.name for a in attrs.attributes if a.kind == "named"] == ["smiling", "male", "age"]
+    assert [a.name for a in attrs.attributes if a.kind is SliderKind.DIRECTION] == ["smiling", "male", "age"]
     assert attrs.get("smiling").default_hold == ("male",)
     assert all(a.quality in ("good", "weak", "hidden") for a in attrs.attributes)
     assert (model / "judge.safetensors").exists()

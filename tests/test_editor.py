@@ -15,6 +15,7 @@ from PySide6.QtCore import QPoint, Qt  # noqa: E402
 
 from editor.main_window import MainWindow  # noqa: E402
 from engine.core import requests as rq  # noqa: E402
+from engine.core.attributes import Slider, SliderKind, SliderValues  # noqa: E402
 from engine.core.pipeline import Engine  # noqa: E402
 
 TIMEOUT = 20000
@@ -117,10 +118,16 @@ def test_conditional_toggle_changes_the_slider_direction(qtbot, window: MainWind
     held = _wait_frame(qtbot, window, lambda f: dict(f.sliders).get("smiling") == 2.0).latent.copy()
     window.attributes.conditional.setChecked(False)
     plain = _wait_frame(qtbot, window, lambda f: not np.array_equal(f.latent, held)).latent
-    d = window.worker.session.attributes.directions
+    session = window.worker.service.session
+    d = session.attributes.directions
     # without holding, the change from the encoding is exactly along the stored direction
-    change = plain.ravel() - window.worker.session.z0[0].numpy()
+    change = plain.ravel() - session.z0[0].numpy()
     assert np.allclose(change, 2.0 * d[0].numpy(), atol=1e-5)
+    # the mode is part of the edit: undo brings the held direction back, and the checkbox with it
+    qtbot.keyClick(window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    frame = _wait_frame(qtbot, window, lambda f: f.hold)
+    assert np.allclose(frame.latent, held)
+    assert window.attributes.conditional.isChecked()
 
 
 def test_latent_canvas_painting_sets_tiles(qtbot, window: MainWindow) -> None:
@@ -188,8 +195,11 @@ def test_sliders_that_failed_the_judge_show_only_on_request(qtbot) -> None:
 
     panel = AttributePanel()
     qtbot.addWidget(panel)
-    panel.set_attributes((("smiling", "Smiling", "good", "good"), ("bald", "Bald", "hidden", "hidden"),
-                          ("male", "Male", "weak", "weak"), ("gray_hair", "Gray hair", "hidden", "weak")))
+    direction = SliderKind.DIRECTION
+    panel.set_sliders((Slider("smiling", "Smiling", direction, "good", "good"),
+                       Slider("bald", "Bald", direction, "hidden", "hidden"),
+                       Slider("male", "Male", direction, "weak", "weak"),
+                       Slider("gray_hair", "Gray hair", direction, "hidden", "weak")))
     assert set(panel.sliders) == {"smiling", "male"}
     # gray hair passes the judge only with its correlated attribute (age) free
     panel.conditional.setChecked(False)
@@ -198,17 +208,17 @@ def test_sliders_that_failed_the_judge_show_only_on_request(qtbot) -> None:
     assert set(panel.sliders) == {"smiling", "male"}
     panel.show_failed.setChecked(True)
     assert set(panel.sliders) == {"smiling", "bald", "male", "gray_hair"}
-    panel.set_values({"smiling": 1.0, "bald": -0.5})
+    panel.set_values(SliderValues.of({"smiling": 1.0, "bald": -0.5}))
     # rebuilding keeps the engine's values on the sliders
     panel.show_failed.setChecked(False)
     assert panel.sliders["smiling"].value() == 100
     # a failed slider that holds a value stays visible, so it can be seen and reset
     assert panel.sliders["bald"].value() == -50
-    panel.set_values({"smiling": 1.0})
+    panel.set_values(SliderValues.of({"smiling": 1.0}))
     panel.show_failed.setChecked(True)
     panel.show_failed.setChecked(False)
     assert "bald" not in panel.sliders
-    panel.set_values({"bald": 0.5})  # e.g. a session file: the slider appears with its value
+    panel.set_values(SliderValues.of({"bald": 0.5}))  # e.g. a session file: the slider appears with its value
     assert panel.sliders["bald"].value() == 50
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from engine.core import align
+from engine.core.attributes import SliderKind
 from engine.core.checkpoint import DEFAULT_MODEL_DIR, FORMAT_VERSION
 from engine.core.judge import judge_scores, load_judge
 from engine.core.pipeline import Engine, open_session
@@ -112,7 +113,7 @@ def test_dark_paint_on_the_forehead_darkens_it_and_nothing_far_away(engine: Engi
 def test_attribute_directions_match_the_model_and_move_the_judge(engine: Engine) -> None:
     attrs = engine.attributes
     assert attrs.latent_dim == engine.loaded.config.latent_dim
-    shown = [a for a in attrs.visible() if a.kind == "named"]
+    shown = [a for a in attrs.visible() if a.kind is SliderKind.DIRECTION]
     assert shown, "every named slider is hidden"
     judge, names = load_judge(DEFAULT_MODEL_DIR)
     session, _ = open_session(engine, ASTRONAUT)
@@ -136,7 +137,7 @@ def test_the_shown_sliders_change_reaches_the_photo(engine: Engine) -> None:
     session, _ = open_session(engine, ASTRONAUT)
     r = session.resolution
     inner = (..., slice(r // 5, r - r // 5), slice(r // 5, r - r // 5))  # inside the fade at the crop's border
-    for a in [a for a in engine.attributes.visible() if a.kind == "named"]:
+    for a in [a for a in engine.attributes.visible() if a.kind is SliderKind.DIRECTION]:
         session.set_sliders({a.name: 1.0})
         shown = session.render().shown
         with torch.inference_mode():

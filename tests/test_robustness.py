@@ -282,7 +282,9 @@ def test_fuzz_mutated_images(seed: bytes, flips: list[tuple[int, int]], cut: int
     assert photo.pixels.shape[2] == 3
 
 
-def test_ten_thousand_brush_samples_through_the_worker(tiny_model_dir: Path, face_photo: Path) -> None:
+@pytest.mark.slow
+def test_ten_thousand_brush_samples_through_the_worker(tiny_model_dir: Path, face_photo: Path,
+                                                      brush_moves: list[int]) -> None:
     """As fast as possible through the real worker path; the result equals the merged stroke."""
     n = 10_000
     rng = np.random.default_rng(0)
@@ -309,8 +311,9 @@ def test_ten_thousand_brush_samples_through_the_worker(tiny_model_dir: Path, fac
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert worker.stop()
-    assert sum(worker.moves) == n  # every sample arrived, merged into len(worker.moves) updates
-    print(f"\n10,000 samples -> {len(worker.moves)} latent updates, {len(frames)} frames, "
+    moves = list(brush_moves)
+    assert sum(moves) == n  # every sample arrived, merged into len(moves) updates
+    print(f"\n10,000 samples -> {len(moves)} latent updates, {len(frames)} frames, "
           f"traced peak {peak / 2**20:.1f} MiB")
     assert peak < 64 * 2**20
     assert not [t for t in threading.enumerate() if t not in before_threads and t.is_alive()]
@@ -319,11 +322,11 @@ def test_ten_thousand_brush_samples_through_the_worker(tiny_model_dir: Path, fac
     s, _ = open_session(Engine.load(tiny_model_dir, "cpu"), face_photo)
     s.brush_begin((30, 20, 10), 4.0)
     i = 0
-    for k in worker.moves:
+    for k in moves:
         s.brush_to(points[i:i + k])
         i += k
     s.brush_end()
-    assert torch.equal(s.z, worker.session.z)
+    assert torch.equal(s.z, worker.service.session.z)
     assert np.array_equal(frames[-1].latent, s.latent_grid())
 
 
@@ -361,7 +364,7 @@ def test_gpu_failure_falls_back_to_the_cpu(tiny_model_dir: Path, face_photo: Pat
     assert worker.stop()
     notes = [a.message for a in answers if isinstance(a, rq.Failed)]
     assert any("continuing on the CPU" in m for m in notes)
-    assert worker.engine.device.type == "cpu"
+    assert worker.service.engine.device.type == "cpu"
     assert calls["n"] == 2
 
 
@@ -384,13 +387,14 @@ CRASH_SCRIPT = textwrap.dedent("""
     from PySide6.QtCore import QTimer
     timer = QTimer(); timer.timeout.connect(step); timer.start(50)
     def check():
-        if w.autosave_path.exists() and w.worker._autosaved is not None:
+        if w.autosave_path.exists() and w.worker.service and w.worker.service._autosaved is not None:
             print("AUTOSAVED", w.autosave_path, flush=True)
     t2 = QTimer(); t2.timeout.connect(check); t2.start(100)
     app.exec()
 """)
 
 
+@pytest.mark.slow
 def test_kill_9_then_restore_gives_the_last_autosaved_image(qtbot, tiny_model_dir: Path, face_photo: Path,
                                                              tmp_path: Path) -> None:
     import signal
@@ -420,7 +424,7 @@ def test_kill_9_then_restore_gives_the_last_autosaved_image(qtbot, tiny_model_di
     w.show()
     assert w.offer_recovery()
     qtbot.waitUntil(lambda: w.last_frame is not None and w.last_frame.edited, timeout=30000)
-    assert torch.equal(w.worker.session.z, expected_z)
-    assert np.array_equal(w.worker.session.composite(), expected.composite())
+    assert torch.equal(w.worker.service.session.z, expected_z)
+    assert np.array_equal(w.worker.service.session.composite(), expected.composite())
     w.close()
     assert recovery.find_orphans() == []

@@ -92,7 +92,7 @@ def test_sliders_and_brush_combine(engine, face_photo: Path) -> None:
     s.commit()
     z_slider = s.z.clone()
     _paint(s)
-    assert s.sliders == {"smiling": 1.5}  # painting does not undo the slider
+    assert s.sliders.as_dict() == {"smiling": 1.5}  # painting does not undo the slider
     assert not torch.equal(s.z, z_slider)
     offset = s.attributes.offset({"smiling": 1.5}).view(1, -1)
     assert torch.allclose(s.z - s.z_base, offset)
@@ -196,3 +196,73 @@ def test_a_stroke_that_misses_the_face_says_so_and_changes_nothing(engine) -> No
         assert s.snapshot().same_as(before)
     _paint(s, pts=((45, 50), (55, 52)))  # on the face: an edit, as before
     assert s.can_undo
+
+
+def test_the_hold_mode_is_part_of_the_edit(engine, face_photo: Path, tmp_path: Path) -> None:
+    """Saved with the mode it was made in, reopened the same whatever the mode is now; undone
+    with the edit it belongs to."""
+    from engine.core.document import load_session, save_session
+
+    s = _session(engine, face_photo)
+    s.set_hold(False)
+    s.set_sliders({"smiling": 1.5})
+    s.commit()
+    plain = s.composite()
+    s.set_hold(True)  # the other mode gives another picture (smiling holds eyeglasses fixed)
+    s.commit()
+    assert not np.array_equal(s.composite(), plain)
+    s.undo()
+    assert not s.hold
+    assert np.array_equal(s.composite(), plain)
+    path = tmp_path / "edit.npe"
+    save_session(s, path, [], 0)
+    s.set_hold(True)  # what the editor is set to now does not matter
+    again, _, _ = load_session(engine, path)
+    assert not again.hold
+    assert np.array_equal(again.composite(), plain)
+    again.redo()
+    assert again.hold
+
+
+def test_sessions_saved_before_the_mode_was_recorded_still_open(engine, face_photo: Path, tmp_path: Path) -> None:
+    import io
+    import json
+    import zipfile
+
+    from engine.core.document import load_session, save_session
+
+    s = _session(engine, face_photo)
+    s.set_sliders({"smiling": 1.0})
+    s.commit()
+    path = tmp_path / "v2.npe"
+    save_session(s, path, [], 0)
+    with zipfile.ZipFile(path) as z:  # rewrite it as version 1 wrote it: no mode per step
+        files = {n: z.read(n) for n in z.namelist()}
+    meta = json.loads(files["session.json"])
+    meta["format_version"] = 1
+    for h in meta["history"]:
+        del h["hold"]
+    files["session.json"] = json.dumps(meta).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    old = tmp_path / "v1.npe"
+    old.write_bytes(buf.getvalue())
+    again, _, _ = load_session(engine, old)
+    assert again.hold
+    assert np.array_equal(again.composite(), s.composite())
+
+
+def test_the_slider_offset_is_computed_once_per_setting(engine, face_photo: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _session(engine, face_photo)
+    s.set_sliders({"smiling": 1.0})
+    calls = []
+    real = type(s.attributes).offset
+    monkeypatch.setattr(type(s.attributes), "offset", lambda self, *a: calls.append(1) or real(self, *a))
+    s.brush_begin((10, 10, 10), 6)
+    for p in ((30, 30), (40, 32), (50, 34)):
+        s.brush_to([p])
+    s.brush_end()
+    assert len(calls) == 1

@@ -71,6 +71,7 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     assert not different, different[:5]
 
 
+@pytest.mark.slow
 def test_two_processes_with_gloo(tmp_path: Path) -> None:
     data = make_cache(tmp_path / "data")
     out = tmp_path / "ddp"

@@ -59,7 +59,8 @@ class _Collector:
             self.done.set()
 
 
-def test_queued_brush_samples_are_merged_into_one_update(tiny_model_dir: Path, face_photo: Path) -> None:
+def test_queued_brush_samples_are_merged_into_one_update(tiny_model_dir: Path, face_photo: Path,
+                                                        brush_moves: list[int]) -> None:
     gate = threading.Event()
 
     def slow_factory() -> Engine:
@@ -79,7 +80,7 @@ def test_queued_brush_samples_are_merged_into_one_update(tiny_model_dir: Path, f
     gate.set()
     assert collect.done.wait(WAIT)
     assert worker.stop()
-    assert worker.steps == 1  # a thousand samples, one latent update
+    assert brush_moves == [n]  # a thousand samples, one latent update
     frames = [a for a in collect.answers if isinstance(a, rq.Frame)]
     assert len(frames) == 1
     assert frames[0].can_undo
@@ -89,7 +90,7 @@ def test_queued_brush_samples_are_merged_into_one_update(tiny_model_dir: Path, f
     s.brush_begin((250, 240, 10), 5.0)
     s.brush_to(points)
     s.brush_end()
-    assert torch.equal(worker.session.z, s.z)
+    assert torch.equal(worker.service.session.z, s.z)
     assert np.array_equal(frames[0].latent, s.latent_grid())
 
 
@@ -135,7 +136,7 @@ def test_a_stroke_outside_the_photo_is_reported(tiny_model_dir: Path, face_photo
     failed = [a for a in collect.answers if isinstance(a, rq.Failed)]
     assert [(f.request, f.id) for f in failed] == [("StrokeEnd", 4)]
     assert "entirely outside the photo" in failed[0].message
-    assert not worker.session.can_undo
+    assert not worker.service.session.can_undo
 
 
 def test_frames_say_what_their_time_was_spent_on() -> None:
@@ -144,3 +145,11 @@ def test_frames_say_what_their_time_was_spent_on() -> None:
     assert rq.work_label([rq.SetSliders()]) == "slider"
     assert rq.work_label([rq.View(), rq.OpenPhoto()]) == "open"
     assert rq.work_label([rq.View()]) == "view"
+
+
+def test_every_request_has_a_handler_in_the_service(engine) -> None:
+    from engine.core.service import EditService
+
+    service = EditService(engine, lambda a: None)
+    kinds = {c for c in vars(rq).values() if isinstance(c, type) and issubclass(c, rq.Request)}
+    assert kinds - set(service.handlers) == {rq.Request, rq.Shutdown}  # shutdown is the worker's own

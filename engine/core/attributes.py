@@ -6,14 +6,17 @@ the distance from the average face without the attribute to the average face wit
 +1 is "as much more as a typical face that has it". Unlabelled (principal) directions use
 the spread of the encoded training faces along them, so +1 is one standard deviation.
 
-Conditional editing: a direction can be made orthogonal to others (``hold``), so moving
-"gray hair" does not also age the face, following InterFaceGAN.
+Conditional editing: a direction can be made orthogonal to its correlated ones (``hold``),
+so moving "gray hair" does not also age the face, following InterFaceGAN. Whether it is on
+belongs to the edit (``EditSession.hold``), not to the model: it is undone and saved with it.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +33,72 @@ NAMES_FILE = "attributes.json"
 SLIDER_RANGE = 2.0
 
 
+class SliderKind(enum.Enum):
+    """What a slider moves. The GUI, the CLI and the engine branch on this, never on names."""
+
+    CONDITION = "condition"  # an entry of a conditioned decoder's attribute input, G(z, a)
+    DIRECTION = "direction"  # a labelled direction in latent space (from the data's attribute labels)
+    PRINCIPAL = "principal"  # an unlabelled direction: a principal component of encoded faces
+
+
+# how attributes.json wrote the kinds before they were typed
+_KIND_NAMES = {"named": SliderKind.DIRECTION, "pca": SliderKind.PRINCIPAL}
+
+
+@dataclass(frozen=True)
+class Slider:
+    """One slider as the front ends see it: what it is, how it was judged, its range."""
+
+    name: str
+    label: str
+    kind: SliderKind
+    quality_held: str  # good / weak / hidden (failed the judge), with correlated attributes held fixed
+    quality_free: str  # the same with them free
+    low: float = -SLIDER_RANGE
+    high: float = SLIDER_RANGE
+
+    def quality(self, hold: bool) -> str:
+        return self.quality_held if hold else self.quality_free
+
+
+@dataclass(frozen=True)
+class SliderValues:
+    """Slider settings by name: the one form they take from the GUI's sliders through the
+    requests and the session to the undo history and session files. Zeros are left out and
+    names are sorted, so equal settings compare equal."""
+
+    items: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        clean = tuple(sorted((str(k), float(v)) for k, v in self.items if v))
+        object.__setattr__(self, "items", clean)
+
+    @classmethod
+    def of(cls, values: SliderValues | Mapping[str, float] | Iterable[tuple[str, float]] | None = None
+           ) -> SliderValues:
+        if isinstance(values, SliderValues):
+            return values
+        if values is None:
+            return cls()
+        pairs = values.items() if isinstance(values, Mapping) else values
+        return cls(tuple(pairs))
+
+    def get(self, name: str) -> float:
+        return dict(self.items).get(name, 0.0)
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.items)
+
+    def names(self) -> set[str]:
+        return {k for k, _ in self.items}
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def __iter__(self) -> Iterator[tuple[str, float]]:
+        return iter(self.items)
+
+
 @dataclass
 class Attribute:
     name: str
@@ -37,19 +106,22 @@ class Attribute:
     step: float
     quality: str = "good"  # "good" shows as a slider; "weak" is shown marked; "hidden" is not shown
     note: str = ""
-    kind: str = "named"  # "named" (from labels) or "pca" (unlabelled direction)
-    default_hold: tuple[str, ...] = ()
+    kind: SliderKind = SliderKind.DIRECTION
+    default_hold: tuple[str, ...] = ()  # what "hold correlated attributes fixed" projects out
     quality_independent: str = ""  # the quality with the held attributes free ("": the same)
 
-    def quality_in(self, conditional: bool) -> str:
-        return self.quality if conditional or not self.quality_independent else self.quality_independent
+    def quality_in(self, hold: bool) -> str:
+        return self.quality if hold or not self.quality_independent else self.quality_independent
+
+    def slider(self) -> Slider:
+        return Slider(self.name, self.label, self.kind, self.quality_in(True), self.quality_in(False))
 
 
 @dataclass
 class AttributeSet:
     attributes: list[Attribute]
     directions: torch.Tensor  # (K, D) unit rows
-    hold: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> directions projected out
+    _cache: dict[tuple[str, bool], torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def empty(cls, latent_dim: int) -> AttributeSet:
@@ -72,6 +144,9 @@ class AttributeSet:
     def get(self, name: str) -> Attribute:
         return self.attributes[self.index(name)]
 
+    def sliders(self) -> tuple[Slider, ...]:
+        return tuple(a.slider() for a in self.attributes)
+
     def check_value(self, name: str, value: float) -> None:
         """Raise ``ValueError`` (message for the user) unless ``value`` is a setting ``name``'s slider can take."""
         self.index(name)  # an unknown name is a KeyError that lists the known ones
@@ -81,46 +156,44 @@ class AttributeSet:
             raise ValueError(f"{name}={value:g} is outside the slider's range, {-SLIDER_RANGE:g} to "
                              f"+{SLIDER_RANGE:g} (further out the model leaves the faces it knows)")
 
-    def failed_the_judge(self, name: str) -> bool:
-        """Whether ``name``'s slider failed the attribute judge in the current mode."""
-        return self.get(name).quality_in(self.conditional) == "hidden"
+    def failed_the_judge(self, name: str, hold: bool) -> bool:
+        """Whether ``name``'s slider failed the attribute judge in that mode."""
+        return self.get(name).quality_in(hold) == "hidden"
 
-    def held(self, name: str) -> tuple[str, ...]:
-        """The attributes ``name``'s slider holds fixed in the current mode."""
-        return self.hold.get(name, self.get(name).default_hold)
+    def held(self, name: str, hold: bool) -> tuple[str, ...]:
+        """The attributes ``name``'s slider holds fixed: its correlated ones when ``hold``, else none."""
+        return self.get(name).default_hold if hold else ()
 
-    def direction(self, name: str, hold: tuple[str, ...] | None = None) -> torch.Tensor:
-        """The unit direction for ``name``, with the ``hold`` directions projected out."""
-        d = self.directions[self.index(name)].clone()
-        held = self.held(name) if hold is None else hold
-        basis = [self.directions[self.index(h)] for h in held if h != name and h in self.names]
-        if basis:
-            q, _ = torch.linalg.qr(torch.stack(basis, 1))  # (D, k) orthonormal
-            d = d - q @ (q.T @ d)
-            n = d.norm()
-            if n > 1e-6:
-                d = d / n
-        return d
+    def direction(self, name: str, hold: bool = True) -> torch.Tensor:
+        """The unit direction for ``name``; with ``hold``, its correlated directions projected out
+        (computed once per name and mode: a QR decomposition)."""
+        key = (name, hold)
+        if key not in self._cache:
+            d = self.directions[self.index(name)].clone()
+            basis = [self.directions[self.index(h)] for h in self.held(name, hold) if h != name and h in self.names]
+            if basis:
+                q, _ = torch.linalg.qr(torch.stack(basis, 1))  # (D, k) orthonormal
+                d = d - q @ (q.T @ d)
+                n = d.norm()
+                if n > 1e-6:
+                    d = d / n
+            self._cache[key] = d
+        return self._cache[key]
 
-    @property
-    def conditional(self) -> bool:
-        return not self.hold
-
-    def set_conditional(self, on: bool) -> None:
-        """On (default): each slider holds its correlated attributes fixed. Off: plain directions."""
-        self.hold = {} if on else {a.name: () for a in self.attributes}
-
-    def offset(self, values: dict[str, float]) -> torch.Tensor:
+    def offset(self, values: SliderValues | Mapping[str, float], hold: bool = True) -> torch.Tensor:
         """Sum of value * step * direction over the given sliders, shape (D,)."""
         out = torch.zeros(self.latent_dim)
-        for name, v in values.items():
-            if v:
-                out += float(v) * self.get(name).step * self.direction(name)
+        for name, v in SliderValues.of(values).items:
+            out += v * self.get(name).step * self.direction(name, hold)
         return out
 
-    def visible(self) -> list[Attribute]:
-        """The sliders that passed the judge in the current mode (conditional or not)."""
-        return [a for a in self.attributes if a.quality_in(self.conditional) != "hidden"]
+    def visible(self, hold: bool = True) -> list[Attribute]:
+        """The sliders that passed the judge in that mode."""
+        return [a for a in self.attributes if a.quality_in(hold) != "hidden"]
+
+    def of_kind(self, kind: SliderKind, hold: bool = True) -> list[Attribute]:
+        """The visible sliders of one kind."""
+        return [a for a in self.visible(hold) if a.kind is kind]
 
     # ---- files ---------------------------------------------------------------------
     def save(self, model_dir: Path, **meta: object) -> None:
@@ -135,7 +208,8 @@ class AttributeSet:
             "latent_dim": self.latent_dim,
             "attributes": [
                 {"name": a.name, "label": a.label, "step": a.step, "quality": a.quality, "note": a.note,
-                 "kind": a.kind, "default_hold": list(a.default_hold), "quality_independent": a.quality_independent}
+                 "kind": a.kind.value, "default_hold": list(a.default_hold),
+                 "quality_independent": a.quality_independent}
                 for a in self.attributes
             ],
             **meta,
@@ -153,7 +227,8 @@ class AttributeSet:
         try:
             doc = json.loads(names_path.read_text(encoding="utf-8"))
             attrs = [Attribute(name=a["name"], label=a.get("label", a["name"]), step=float(a["step"]),
-                               quality=a.get("quality", "good"), note=a.get("note", ""), kind=a.get("kind", "named"),
+                               quality=a.get("quality", "good"), note=a.get("note", ""),
+                               kind=_kind(a.get("kind", "direction")),
                                default_hold=tuple(a.get("default_hold", ())),
                                quality_independent=a.get("quality_independent", ""))
                      for a in doc["attributes"]]
@@ -171,9 +246,9 @@ class AttributeSet:
             )
         return cls(attrs, d)
 
-    def describe(self) -> list[dict[str, object]]:
-        return [{"name": a.name, "label": a.label, "quality": a.quality_in(self.conditional), "kind": a.kind}
-                for a in self.attributes]
+
+def _kind(text: str) -> SliderKind:
+    return _KIND_NAMES.get(text) or SliderKind(text)
 
 
 def unit(v: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 A session file is a zip archive:
 
     session.json         format version, model id, photo name, faces, chosen face,
-                         slider values and names, undo position
+                         slider values and hold mode per undo step, undo position
     photo.<ext>          the original photo file, byte for byte
     latents.safetensors  z0 (the encoding), and the undo history's latents
 
@@ -25,11 +25,14 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from engine.core.attributes import SliderValues
 from engine.core.faces import Face
 from engine.core.images import ImageError, atomic_write, decode_photo
 from engine.core.session import EditSession, Snapshot
 
-SESSION_FORMAT = 1
+# 2: each undo step records whether sliders held correlated attributes fixed ("hold");
+#    version 1 files, written before the mode was part of the edit, read as held (the default)
+SESSION_FORMAT = 2
 
 
 class SessionError(ImageError):
@@ -54,7 +57,8 @@ def session_bytes(session: EditSession, faces: list[Face], face_index: int) -> b
         "photo_file": photo_file,
         "faces": [f.to_dict() for f in all_faces],
         "face_index": face_index,
-        "history": [{"sliders": [[k, v] for k, v in snap.sliders]} for snap in session.history],
+        "history": [{"sliders": [[k, v] for k, v in snap.sliders.items], "hold": snap.hold}
+                    for snap in session.history],
         "position": session.position,
     }
     tensors = {"z0": session.z0[0].detach().cpu().contiguous()}
@@ -113,7 +117,7 @@ def load_session(engine: object, path: str | Path) -> tuple[EditSession, list[Fa
         z0 = tensors["z0"].numpy()
         history = [
             Snapshot(tensors[f"history.{i}"].numpy().astype(np.float32),
-                     tuple((str(k), float(v)) for k, v in h["sliders"]))
+                     SliderValues(tuple((str(k), float(v)) for k, v in h["sliders"])), bool(h.get("hold", True)))
             for i, h in enumerate(history_meta)
         ]
         if not 0 <= position < len(history):

@@ -255,3 +255,13 @@ def render(x: torch.Tensor, recon0: torch.Tensor, generated: torch.Tensor,
         y = torch.where(weight > 0, (y + weight * shift).clamp(-1, 1), y)
         mask = torch.maximum(mask, weight)
     return y, mask
+
+
+def render_shift(decoder: torch.nn.Module, x: torch.Tensor, z: torch.Tensor, offset: torch.Tensor,
+                 settings: MaskSettings = MaskSettings()) -> torch.Tensor:
+    """What the editor shows of crops ``x`` (N, 3, R, R) encoded as ``z`` (N, D) after a slider
+    adds ``offset`` (N, D or 1, D) to the latent: the slider's change added onto the photo."""
+    with torch.inference_mode():
+        recon = decoder(z)
+        shown, _ = render(x, recon, decoder(z + offset), settings, without_sliders=recon)
+    return shown

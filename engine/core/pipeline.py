@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.core.attributes import AttributeSet
+from engine.core.attributes import AttributeSet, SliderKind
 from engine.core.checkpoint import LoadedModel
 from engine.core.device import pick_device
 from engine.core.faces import Face, find_faces, whole_image_face
@@ -47,11 +47,14 @@ class Engine:
             "device": str(self.device),
             "model_id": self.loaded.model_id,
             **self.folder.describe(),
-            "attributes": [a.name for a in self.attributes.visible() if a.kind == "named"],
-            "latent_directions": [a.name for a in self.attributes.visible() if a.kind == "pca"],
+            "sliders": [{"name": a.name, "label": a.label, "kind": a.kind.value, "quality": a.quality_in(True),
+                         "quality_with_correlated_attributes_free": a.quality_in(False)}
+                        for a in self.attributes.attributes],
+            "attributes": [a.name for a in self.attributes.of_kind(SliderKind.DIRECTION)],
+            "latent_directions": [a.name for a in self.attributes.of_kind(SliderKind.PRINCIPAL)],
             "attributes_failing_the_judge": [a.name for a in self.attributes.attributes if a.quality == "hidden"],
             "attributes_with_correlated_attributes_free": [
-                a.name for a in self.attributes.attributes if a.kind == "named" and a.quality_in(False) != "hidden"],
+                a.name for a in self.attributes.of_kind(SliderKind.DIRECTION, hold=False)],
         }
 
 

@@ -1,4 +1,4 @@
-"""What the GUI asks of the engine worker, and what it gets back. Qt-free.
+"""What a front end (the editor's worker) asks of the edit service, and what it gets back.
 
 Every request is a small frozen object carrying an ``id`` (increasing) and the GUI's
 document ``generation`` (bumped on open and on face change). The worker answers with the
@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from engine.core.attributes import Slider, SliderValues
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class StrokeEnd(Request):
 
 @dataclass(frozen=True)
 class SetSliders(Request):
-    values: tuple[tuple[str, float], ...] = ()
+    values: SliderValues = SliderValues()
     commit: bool = False  # False: a live preview; True: the release, one undo step
 
 
@@ -75,8 +77,8 @@ class SetLatent(Request):
 
 
 @dataclass(frozen=True)
-class SetConditional(Request):
-    on: bool = True  # sliders hold correlated attributes fixed
+class SetHold(Request):
+    on: bool = True  # sliders hold correlated attributes fixed (one undo step when sliders are set)
 
 
 @dataclass(frozen=True)
@@ -142,13 +144,13 @@ class Frame:
     scale: float  # display pixels per photo pixel
     photo_size: tuple[int, int]
     latent: np.ndarray  # (rows, cols)
-    sliders: tuple[tuple[str, float], ...]
+    sliders: SliderValues
+    hold: bool  # sliders hold correlated attributes fixed
     can_undo: bool
     can_redo: bool
     edited: bool
     faces: tuple[FaceInfo, ...] = ()
     face_index: int = 0
-    crop: np.ndarray | None = None  # the shown crop at model resolution
     mode: str = "edit"
     ms: float = 0.0  # engine time for this frame: from taking its requests to this picture, ready to show
     name: str = ""
@@ -173,8 +175,7 @@ class Ready:
     """The model is loaded."""
 
     info: dict[str, object] = field(default_factory=dict)
-    # name, label, quality with correlated attributes held fixed, quality with them free
-    attributes: tuple[tuple[str, str, str, str], ...] = ()
+    sliders: tuple[Slider, ...] = ()
 
 
 @dataclass(frozen=True)

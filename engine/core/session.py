@@ -6,7 +6,8 @@ State (all on the engine side, never touched by Qt):
     x, z0      the aligned crop and its encoding; recon0 = G(z0)
     z_base     the latent the brush and the latent canvas edit
     sliders    attribute offsets; the decoder sees z = z_base + sum_a v_a * dir_a
-    history    undo/redo snapshots of (z_base, sliders), one per finished action
+    hold       whether sliders hold their correlated attributes fixed (part of the edit)
+    history    undo/redo snapshots of (z_base, sliders, hold), one per finished action
 
 A brush stroke goes ``brush_begin`` -> ``brush_to`` (per mouse sample, one latent update
 each, returns a preview) -> ``brush_end`` (refines, records one undo step).
@@ -14,13 +15,14 @@ each, returns a preview) -> ``brush_end`` (refines, records one undo step).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from engine.core import align
-from engine.core.attributes import AttributeSet
+from engine.core.attributes import AttributeSet, SliderValues
 from engine.core.checkpoint import LoadedModel
 from engine.core.edit import BrushOptimizer, BrushRule, MaskSettings, check_latent, render, stamp_segment
 from engine.core.faces import Face
@@ -36,10 +38,12 @@ class StrokeMissedError(ValueError):
 @dataclass(frozen=True)
 class Snapshot:
     z_base: np.ndarray  # float32 (D,)
-    sliders: tuple[tuple[str, float], ...] = ()
+    sliders: SliderValues = SliderValues()
+    hold: bool = True
 
     def same_as(self, other: Snapshot) -> bool:
-        return self.sliders == other.sliders and np.array_equal(self.z_base, other.z_base)
+        return (self.sliders == other.sliders and self.hold == other.hold
+                and np.array_equal(self.z_base, other.z_base))
 
 
 @dataclass
@@ -94,7 +98,9 @@ class EditSession:
             self.recon0 = self.decoder(z).clone()
         self.z0 = z.clone()
         self.z_base = z.clone()
-        self.sliders: dict[str, float] = {}
+        self.sliders = SliderValues()
+        self.hold = True
+        self._offset: tuple[SliderValues, bool, torch.Tensor] | None = None
         self.history: list[Snapshot] = [self.snapshot()]
         self.position = 0
         self.stroke: Stroke | None = None
@@ -118,13 +124,17 @@ class EditSession:
         return to_uint8(self.x[0])
 
     # ---- latent --------------------------------------------------------------------
-    def slider_offset(self, sliders: dict[str, float] | None = None) -> torch.Tensor:
-        values = self.sliders if sliders is None else sliders
-        return self.attributes.offset(values).to(self.device).view(1, -1)
+    def slider_offset(self) -> torch.Tensor:
+        """The sliders' move of the latent, (1, D); computed again only when they or the mode change."""
+        if self._offset is None or self._offset[:2] != (self.sliders, self.hold) or \
+                self._offset[2].device != self.device:
+            offset = self.attributes.offset(self.sliders, self.hold).to(self.device).view(1, -1)
+            self._offset = (self.sliders, self.hold, offset)
+        return self._offset[2]
 
     @property
     def sliders_set(self) -> bool:
-        return any(v != 0 for v in self.sliders.values())
+        return bool(self.sliders)
 
     @property
     def z(self) -> torch.Tensor:
@@ -132,12 +142,12 @@ class EditSession:
         return self.z_base + self.slider_offset()
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.z_base[0].detach().cpu().numpy().astype(np.float32).copy(),
-                        tuple(sorted((k, float(v)) for k, v in self.sliders.items() if v != 0)))
+        return Snapshot(self.z_base[0].detach().cpu().numpy().astype(np.float32).copy(), self.sliders, self.hold)
 
     def restore(self, snap: Snapshot) -> None:
         self.z_base = torch.from_numpy(snap.z_base.copy()).to(self.device).view(1, -1)
-        self.sliders = dict(snap.sliders)
+        self.sliders = snap.sliders
+        self.hold = snap.hold
         self._render = None
 
     def commit(self) -> bool:
@@ -178,7 +188,7 @@ class EditSession:
         """Back to the encoded photo (one undo step)."""
         self.cancel_stroke()
         self.z_base = self.z0.clone()
-        self.sliders = {}
+        self.sliders = SliderValues()
         self._render = None
         self.commit()
 
@@ -187,7 +197,7 @@ class EditSession:
         self.cancel_stroke()
         g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31, ()).item()))
         self.z_base = torch.randn(1, self.latent_dim, generator=g).to(self.device)
-        self.sliders = {}
+        self.sliders = SliderValues()
         self._render = None
         self.commit()
 
@@ -198,17 +208,20 @@ class EditSession:
         self.z_base = zt - self.slider_offset()
         self._render = None
 
-    def invalidate(self) -> None:
-        """Forget the cached render (after a change the session cannot see, e.g. slider mode)."""
-        self._render = None
-
-    def set_sliders(self, values: dict[str, float]) -> None:
-        unknown = set(values) - set(self.attributes.names)
+    def set_sliders(self, values: SliderValues | Mapping[str, float]) -> None:
+        new = SliderValues.of(values)
+        unknown = new.names() - set(self.attributes.names)
         if unknown:
             raise ValueError(f"unknown attributes: {', '.join(sorted(unknown))}")
-        for name, v in values.items():
-            self.attributes.check_value(name, float(v))
-        self.sliders = {k: float(v) for k, v in values.items()}
+        for name, v in new.items:
+            self.attributes.check_value(name, v)
+        self.sliders = new
+        self._render = None
+
+    def set_hold(self, on: bool) -> None:
+        """Sliders hold their correlated attributes fixed (on) or move along their plain directions.
+        The brush's latent stays; what the sliders add follows the new mode."""
+        self.hold = bool(on)
         self._render = None
 
     # ---- brush -------------------------------------------------------------------
@@ -319,25 +332,26 @@ class EditSession:
             self._plain = (self.z_base.clone(), self.decoder(self.z_base))
         return self._plain[1]
 
-    def composite(self, pixels: np.ndarray | None = None, scale: float = 1.0, result: CropRender | None = None,
-                  keep_detail: bool = True) -> np.ndarray:
-        """The photo (or a copy of it resized by ``scale``) with the edit pasted back.
-
-        ``keep_detail``: the photo moves by the shown crop's change (what the editor shows);
-        otherwise ``result.generated`` is blended in by ``result.mask`` (the raw and mask views).
-        """
+    def composite(self, pixels: np.ndarray | None = None, scale: float = 1.0,
+                  result: CropRender | None = None) -> np.ndarray:
+        """The photo (or a copy of it resized by ``scale``) with the edit pasted back: the photo
+        moves by the shown crop's change, so it keeps its own fine detail (what the editor shows
+        and what is exported)."""
         res = result or self.render()
+        change = ((res.shown - self.x)[0] * 127.5).permute(1, 2, 0).detach().float().cpu().numpy()
+        return self.paste(change, res.mask, pixels, scale, add=True)
+
+    def paste(self, layer: np.ndarray, weight: torch.Tensor, pixels: np.ndarray | None = None,
+              scale: float = 1.0, add: bool = False) -> np.ndarray:
+        """Put a crop-sized ``layer`` (R, R, 3: an image in 0..255, or with ``add`` a change) into
+        the photo, or into a copy of it resized by ``scale``, where ``weight`` (1, 1, R, R) says."""
         base = self.photo.pixels if pixels is None else pixels
         t = self.transform.copy()
         if scale != 1.0:
             t[:, :2] /= scale
             # pixel centres: photo x = (display x + 0.5) / scale - 0.5
             t[:, 2] = align.apply(self.transform, np.array([[0.5 / scale - 0.5, 0.5 / scale - 0.5]]))[0]
-        mask = res.mask[0, 0].detach().cpu().numpy()
-        if keep_detail:
-            change = ((res.shown - self.x)[0] * 127.5).permute(1, 2, 0).detach().float().cpu().numpy()
-            return align.paste_back(base, t, change, mask, add=True)
-        return align.paste_back(base, t, _to_255(res.generated), mask)
+        return align.paste_back(base, t, layer, weight[0, 0].detach().cpu().numpy(), add=add)
 
     @property
     def edited(self) -> bool:
@@ -349,7 +363,7 @@ class EditSession:
         return self.z[0].detach().cpu().numpy().reshape(rows, cols)
 
 
-def _to_255(t: torch.Tensor) -> np.ndarray:
+def to_255(t: torch.Tensor) -> np.ndarray:
     """(1, 3, R, R) in [-1, 1] -> float32 (R, R, 3) in 0..255."""
     return ((t[0].detach().float().cpu().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
 

@@ -27,10 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.core.attributes import SLIDER_RANGE, Attribute, AttributeSet
+from engine.core.attributes import SLIDER_RANGE, Attribute, AttributeSet, SliderKind
+from engine.core.edit import render_shift
 from engine.core.judge import AttributeJudge, judge_scores, load_judge, save_judge
 
 if TYPE_CHECKING:
+    from engine.core.pipeline import Engine
     from engine.tools.evaluate import EvalOptions
 
 # slider name -> (label, CelebA column, sign)
@@ -166,16 +168,9 @@ def pca_directions(latents: np.ndarray, k: int = PCA_COUNT) -> list[Direction]:
     return [Direction(f"pc{i + 1}", vt[i].astype(np.float32), float(std[i]), 0.0) for i in range(k)]
 
 
-def _render_shift(engine: object, crops: torch.Tensor, z: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+def _render_shift(engine: Engine, crops: torch.Tensor, z: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """What the editor shows after a slider adds ``offset`` to each latent."""
-    from engine.core.edit import render
-
-    dec = engine.loaded.model.decoder  # type: ignore[attr-defined]
-    with torch.inference_mode():
-        recon0 = dec(z)
-        gen = dec(z + offset)
-        shown, _ = render(crops, recon0, gen, without_sliders=recon0)
-    return shown
+    return render_shift(engine.loaded.model.decoder, crops, z, offset)
 
 
 def face_region(resolution: int) -> torch.Tensor:
@@ -191,7 +186,7 @@ def _share(flags: torch.Tensor, among: np.ndarray) -> float:
     return float(flags[torch.from_numpy(among)].float().mean()) if among.any() else float("nan")
 
 
-def judge_sliders(engine: object, attrs: AttributeSet, judge: AttributeJudge, judge_names: list[str],
+def judge_sliders(engine: Engine, attrs: AttributeSet, judge: AttributeJudge, judge_names: list[str],
                   test: object, n: int = 300) -> dict[str, dict[str, float]]:
     """Per slider: flip rates both ways, other attributes' mean |score change|, outside pixel change."""
     from engine.core.images import to_tensor
@@ -208,7 +203,7 @@ def judge_sliders(engine: object, attrs: AttributeSet, judge: AttributeJudge, ju
     region = face_region(crops.shape[-1])
     report: dict[str, dict[str, float]] = {}
     for a in attrs.attributes:
-        if a.kind != "named" or a.name not in SLIDERS:
+        if a.kind is not SliderKind.DIRECTION or a.name not in SLIDERS:
             continue
         _, col_name, sign = SLIDERS[a.name]
         col = judge_names.index(col_name)
@@ -234,8 +229,8 @@ def judge_sliders(engine: object, attrs: AttributeSet, judge: AttributeJudge, ju
                           "judge_false_positive_before": round(base_rate, 3),
                           "other_attributes_change": round(other_change, 4), "outside_face_change": round(outside, 4),
                           "n_without": int((~has).sum()), "n_with": int(has.sum())}
-        if attrs.held(a.name):  # the same slider with the correlated attributes free (the editor's other mode)
-            free = attrs.direction(a.name, hold=()) * a.step
+        if attrs.held(a.name, True):  # the same slider with the correlated attributes free (the editor's other mode)
+            free = attrs.direction(a.name, hold=False) * a.step
             for key, v in (("flip_to_positive_independent", 1.0),
                            ("flip_to_positive_at_slider_end_independent", SLIDER_RANGE)):
                 s_free = judge_scores(judge, _render_shift(engine, crops, z, v * free.view(1, -1)))
@@ -303,7 +298,7 @@ def learn_attributes(args: AttributeOptions) -> dict[str, object]:
                                default_hold=holds.get(name, ())))
         vectors.append(d.vector)
     for d in pca_directions(latents):
-        attrs.append(Attribute(d.name, f"Latent direction {d.name[2:]}", d.step, kind="pca",
+        attrs.append(Attribute(d.name, f"Latent direction {d.name[2:]}", d.step, kind=SliderKind.PRINCIPAL,
                                note="principal direction of encoded training faces (unlabelled)"))
         vectors.append(d.vector)
     aset = AttributeSet(attrs, torch.from_numpy(np.stack(vectors)))
@@ -334,10 +329,11 @@ def learn_attributes(args: AttributeOptions) -> dict[str, object]:
                     "judge_false_positive_before": r["judge_false_positive_before"]})
     aset.save(model_dir, model_id=engine.loaded.model_id, evaluation=report,
               judge_held_out_accuracy=acc)
-    return {"model_dir": str(model_dir), "sliders": {a.name: a.quality for a in aset.attributes if a.kind == "named"},
+    named = [a for a in aset.attributes if a.kind is SliderKind.DIRECTION]
+    return {"model_dir": str(model_dir), "sliders": {a.name: a.quality for a in named},
             "sliders_with_correlated_attributes_free": {
                 a.name: a.quality_independent for a in aset.attributes if a.quality_independent},
-            "pca": [a.name for a in aset.attributes if a.kind == "pca"], "evaluation": report,
+            "pca": [a.name for a in aset.attributes if a.kind is SliderKind.PRINCIPAL], "evaluation": report,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -367,18 +363,18 @@ def evaluate_attributes(args: EvalOptions) -> dict[str, object]:
     grid = Path(args.grid)
     write_attribute_grid(engine, test, grid)
     return {"n": min(args.n, len(test)), "attributes": report,
-            "quality": {a.name: a.quality for a in engine.attributes.attributes if a.kind == "named"},
+            "quality": {a.name: a.quality for a in engine.attributes.attributes if a.kind is SliderKind.DIRECTION},
             "grid": str(grid)}
 
 
-def write_attribute_grid(engine: object, test: object, path: Path, faces: int = 2,
+def write_attribute_grid(engine: Engine, test: object, path: Path, faces: int = 2,
                          values: tuple[float, ...] = (-2, -1, 0, 1, 2)) -> None:
     """Rows: attributes (for each of ``faces`` held-out faces), columns: slider values."""
     from PIL import Image, ImageDraw
 
     from engine.core.images import to_tensor, to_uint8
 
-    attrs = [a for a in engine.attributes.attributes if a.kind == "named"]  # type: ignore[attr-defined]
+    attrs = [a for a in engine.attributes.attributes if a.kind is SliderKind.DIRECTION]  # type: ignore[attr-defined]
     idx = np.linspace(0, len(test) - 1, faces).astype(int)  # type: ignore[arg-type]
     crops = to_tensor(test.images(idx))  # type: ignore[attr-defined]
     with torch.inference_mode():
@@ -393,7 +389,7 @@ def write_attribute_grid(engine: object, test: object, path: Path, faces: int = 
     for r, a in enumerate(attrs):
         draw.text((4, 20 + r * cell + cell // 2 - 6), a.label + ("*" if a.quality != "good" else ""),
                   fill=(220, 220, 220))
-        d = engine.attributes.direction(a.name) * a.step  # type: ignore[attr-defined]
+        d = engine.attributes.direction(a.name) * a.step
         for f in range(faces):
             for c, v in enumerate(values):
                 shown = _render_shift(engine, crops[f:f + 1], z[f:f + 1], v * d.view(1, -1))

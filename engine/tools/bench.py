@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.core.attributes import SliderKind
+
 SCREEN = (1600, 1000)  # the canvas size the display figure is measured for
 
 
@@ -150,7 +152,7 @@ def bench(args: BenchOptions) -> dict[str, object]:
         out["overhead_ratio"] = round(p50 / max(step_ms, 1e-6), 3)
 
         # a slider dragged from 0 to +1 (after the stroke: the brush edit and the slider combine)
-        named = [a.name for a in engine.attributes.visible() if a.kind == "named"]
+        named = [a.name for a in engine.attributes.of_kind(SliderKind.DIRECTION)]
         if named:
             slider = []
             for v in np.linspace(0.02, 1.0, 50):

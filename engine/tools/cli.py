@@ -76,14 +76,14 @@ def parse_attr(text: str) -> tuple[str, float]:
     return name.strip(), number
 
 
-def check_attrs(attributes: AttributeSet, attrs: dict[str, float], allow_failed: bool) -> list[str]:
+def check_attrs(attributes: AttributeSet, attrs: dict[str, float], allow_failed: bool, hold: bool) -> list[str]:
     """Refuse unknown names and values outside a slider's range, and sliders that failed the judge
-    unless ``allow_failed``; returns the warnings to print."""
+    (in the mode ``hold``) unless ``allow_failed``; returns the warnings to print."""
     warnings = []
     for name, value in attrs.items():
         attributes.check_value(name, value)
-        if attributes.failed_the_judge(name):
-            mode = "with correlated attributes held fixed" if attributes.conditional else "with --independent"
+        if attributes.failed_the_judge(name, hold):
+            mode = "with correlated attributes held fixed" if hold else "with --independent"
             if not allow_failed:
                 raise UsageError(f"the {name} slider failed the attribute judge {mode} (its edit may not show "
                                  "the attribute; see pretrained/MODEL_CARD.md): pass --allow-failed to use it anyway")
@@ -136,10 +136,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     strokes = [parse_stroke(s) for s in args.stroke or []]
     attrs = dict(parse_attr(a) for a in args.attr or [])
     engine = Engine.load(args.weights, args.device)
-    engine.attributes.set_conditional(not args.independent)
-    for warning in check_attrs(engine.attributes, attrs, args.allow_failed):  # fails before any work
-        print(f"npe edit: warning: {warning}", file=sys.stderr)
+    for warning in check_attrs(engine.attributes, attrs, args.allow_failed, hold=not args.independent):
+        print(f"npe edit: warning: {warning}", file=sys.stderr)  # (it fails before any work)
     session, faces = open_session(engine, args.photo, args.face)
+    session.set_hold(not args.independent)
     if attrs:
         session.set_sliders(attrs)
         session.commit()
@@ -246,6 +246,8 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from engine.tools.bench import BenchOptions, bench
 
+    if args.window:
+        raise UsageError("the window's figures come from the editor: run `npe bench --window`")
     _print_json(bench(_options(BenchOptions, args)))
     return 0
 
@@ -364,6 +366,9 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--photo", help="a photo to open (default: a generated 12-megapixel photo)")
     p.add_argument("--events", type=int, default=300, help="brush samples to replay")
+    p.add_argument("--window", action="store_true",
+                   help="instead: the editor window's responsiveness during a long stroke "
+                        "(run as `npe bench --window`)")
     _add_common(p)
     return parser
 
