@@ -19,10 +19,12 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 from PySide6.QtCore import QPoint, Qt, QTimer
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 
+from editor.app import DEFAULT_PHOTO, engine_factory
 from editor.main_window import MainWindow
 
 SAMPLES = 240
@@ -87,8 +89,6 @@ def replay_stroke(w: MainWindow, samples: int = SAMPLES, sample_ms: int = SAMPLE
 
 
 def main(argv: Sequence[str]) -> int:
-    from editor.app import DEFAULT_PHOTO, engine_factory
-
     parser = argparse.ArgumentParser(prog="npe bench --window", description=__doc__.splitlines()[0])
     parser.add_argument("--window", action="store_true")
     parser.add_argument("--photo", default=str(DEFAULT_PHOTO))
@@ -98,8 +98,6 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(list(argv))
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

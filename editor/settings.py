@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.core.images import ImageError, atomic_write
+
 MAX_RECENT_FILES = 10
 MAX_RECENT_COLORS = 12
 MIN_BRUSH, MAX_BRUSH = 2, 150
@@ -104,8 +106,6 @@ class Settings:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
     def save(self, path: Path | None = None) -> None:
-        from engine.core.images import ImageError, atomic_write
-
         p = path or config_dir() / "settings.json"
         try:
             p.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
+
+from engine.core.checkpoint import ModelError, read_tensors
+from engine.core.images import atomic_write
 
 DIRECTIONS_FILE = "attributes.safetensors"
 NAMES_FILE = "attributes.json"
@@ -197,10 +201,6 @@ class AttributeSet:
 
     # ---- files ---------------------------------------------------------------------
     def save(self, model_dir: Path, **meta: object) -> None:
-        from safetensors.torch import save_file
-
-        from engine.core.images import atomic_write
-
         model_dir.mkdir(parents=True, exist_ok=True)
         save_file({"directions": self.directions.float().contiguous()}, str(model_dir / DIRECTIONS_FILE))
         doc = {
@@ -219,8 +219,6 @@ class AttributeSet:
     @classmethod
     def load(cls, model_dir: Path, latent_dim: int) -> AttributeSet:
         """The directions shipped with a model; an empty set when it has none."""
-        from engine.core.checkpoint import ModelError, read_tensors
-
         names_path = model_dir / NAMES_FILE
         if not names_path.exists():
             return cls.empty(latent_dim)

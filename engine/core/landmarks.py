@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from engine.core import align
+from engine.core.checkpoint import ModelError, read_tensors
 
 INPUT = 64
 ROUNDS = 3
@@ -83,8 +84,6 @@ class EyeRefiner:
 def load_refiner(path: Path) -> EyeRefiner | None:
     """The refiner stored at ``path`` (with its .json beside it), or None when it is absent or
     unreadable (the face cascade alone is used then). Loaded once per path."""
-    from engine.core.checkpoint import ModelError, read_tensors
-
     try:
         meta = json.loads(path.with_suffix(".json").read_text())
         net = EyeNet(int(meta.get("width", 24)))

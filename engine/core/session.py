@@ -26,7 +26,7 @@ from engine.core.attributes import AttributeSet, SliderValues
 from engine.core.checkpoint import LoadedModel
 from engine.core.edit import BrushOptimizer, BrushRule, MaskSettings, check_latent, render, stamp_segment
 from engine.core.faces import Face
-from engine.core.images import Photo, to_tensor
+from engine.core.images import Photo, to_tensor, to_uint8
 
 REFINE_STEPS_ON_RELEASE = 4
 
@@ -120,7 +120,6 @@ class EditSession:
 
     @property
     def crop_pixels(self) -> np.ndarray:
-        from engine.core.images import to_uint8
         return to_uint8(self.x[0])
 
     # ---- latent --------------------------------------------------------------------

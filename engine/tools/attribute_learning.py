@@ -26,13 +26,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from engine.core.attributes import SLIDER_RANGE, Attribute, AttributeSet, SliderKind
 from engine.core.edit import render_shift
-from engine.core.judge import AttributeJudge, judge_scores, load_judge, save_judge
+from engine.core.images import to_tensor, to_uint8
+from engine.core.judge import AttributeJudge, judge_scores, save_judge
+from engine.core.model_folder import ModelFolder
+from engine.core.pipeline import Engine
+from engine.tools.data import AlignedFaces, aligned_cache
 
-if TYPE_CHECKING:
-    from engine.core.pipeline import Engine
+if TYPE_CHECKING:  # evaluate imports this module
     from engine.tools.evaluate import EvalOptions
 
 # slider name -> (label, CelebA column, sign)
@@ -64,10 +69,6 @@ GOOD_LIFT, WEAK_LIFT = 0.4, 0.25
 
 def train_judge(faces: object, epochs: int = 4, batch: int = 64, seed: int = 0) -> AttributeJudge:
     """Train on the labelled training split (CelebA rows only)."""
-    from tqdm import tqdm
-
-    from engine.core.images import to_tensor
-
     labels = faces.labels()  # type: ignore[attr-defined]
     rows = np.nonzero(np.abs(labels).sum(1) > 0)[0]
     torch.manual_seed(seed)
@@ -101,8 +102,6 @@ def train_judge(faces: object, epochs: int = 4, batch: int = 64, seed: int = 0) 
 # ---- directions ---------------------------------------------------------------------------
 
 def encode_all(model: torch.nn.Module, faces: object, batch: int = 200) -> np.ndarray:
-    from engine.core.images import to_tensor
-
     out = []
     n = len(faces)  # type: ignore[arg-type]
     with torch.inference_mode():
@@ -189,8 +188,6 @@ def _share(flags: torch.Tensor, among: np.ndarray) -> float:
 def judge_sliders(engine: Engine, attrs: AttributeSet, judge: AttributeJudge, judge_names: list[str],
                   test: object, n: int = 300) -> dict[str, dict[str, float]]:
     """Per slider: flip rates both ways, other attributes' mean |score change|, outside pixel change."""
-    from engine.core.images import to_tensor
-
     labels = test.labels()  # type: ignore[attr-defined]
     known = np.nonzero(np.abs(labels).sum(1) > 0)[0]
     rows = known[np.linspace(0, len(known) - 1, min(n, len(known))).astype(int)]
@@ -268,12 +265,10 @@ class AttributeOptions:
 
 
 def learn_attributes(args: AttributeOptions) -> dict[str, object]:
-    from engine.core.pipeline import Engine
-    from engine.tools.data import AlignedFaces, aligned_cache
-
     t0 = time.perf_counter()
     engine = Engine.load(args.weights, args.device)
-    model_dir = Path(args.out) if args.out else engine.loaded.path
+    folder = ModelFolder.find(args.out) if args.out else engine.folder
+    model_dir = folder.path
     res = engine.loaded.config.resolution
     cache = aligned_cache(Path(args.data), res)
     train = AlignedFaces(cache, split="train", sets=("celeba",))
@@ -303,15 +298,12 @@ def learn_attributes(args: AttributeOptions) -> dict[str, object]:
         vectors.append(d.vector)
     aset = AttributeSet(attrs, torch.from_numpy(np.stack(vectors)))
 
-    judge_path = model_dir / "judge.json"
-    if judge_path.exists() and not args.retrain_judge:
-        judge, judge_names = load_judge(model_dir)
+    if folder.judge_file.exists() and not args.retrain_judge:
+        judge, judge_names = folder.load_judge()
     else:
         judge = train_judge(train)
         judge_names = names
     test_lab = test.labels()
-    from engine.core.images import to_tensor
-
     tk = np.nonzero(np.abs(test_lab).sum(1) > 0)[0][:2000]
     scores = judge_scores(judge, to_tensor(test.images(tk)))
     acc = {n: round(float(((scores[:, i] > 0.5).numpy() == (test_lab[tk, i] > 0)).mean()), 3)
@@ -351,14 +343,11 @@ class _Subset:
 
 
 def evaluate_attributes(args: EvalOptions) -> dict[str, object]:
-    from engine.core.pipeline import Engine
-    from engine.tools.data import AlignedFaces, aligned_cache
-
     engine = Engine.load(args.weights, args.device)
     res = engine.loaded.config.resolution
     cache = aligned_cache(Path(args.data), res)
     test = AlignedFaces(cache, split="test", sets=("celeba",))
-    judge, names = load_judge(engine.loaded.path)
+    judge, names = engine.folder.load_judge()
     report = judge_sliders(engine, engine.attributes, judge, names, test, n=args.n)
     grid = Path(args.grid)
     write_attribute_grid(engine, test, grid)
@@ -370,10 +359,6 @@ def evaluate_attributes(args: EvalOptions) -> dict[str, object]:
 def write_attribute_grid(engine: Engine, test: object, path: Path, faces: int = 2,
                          values: tuple[float, ...] = (-2, -1, 0, 1, 2)) -> None:
     """Rows: attributes (for each of ``faces`` held-out faces), columns: slider values."""
-    from PIL import Image, ImageDraw
-
-    from engine.core.images import to_tensor, to_uint8
-
     attrs = [a for a in engine.attributes.attributes if a.kind is SliderKind.DIRECTION]  # type: ignore[attr-defined]
     idx = np.linspace(0, len(test) - 1, faces).astype(int)  # type: ignore[arg-type]
     crops = to_tensor(test.images(idx))  # type: ignore[attr-defined]

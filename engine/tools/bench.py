@@ -17,10 +17,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from engine.core.attributes import SliderKind
+from engine.core.checkpoint import REPO_ROOT
+from engine.core.images import load_photo, save_image
+from engine.core.pipeline import Engine, open_session
+from engine.core.session import fit_scale
 
 SCREEN = (1600, 1000)  # the canvas size the display figure is measured for
 
@@ -36,10 +42,6 @@ def _sync(device: torch.device) -> None:
 
 def make_test_photo(path: Path, megapixels: float = 12.0) -> Path:
     """A 4:3 JPEG of about ``megapixels`` with the bundled portrait in it (a real face)."""
-    from PIL import Image
-
-    from engine.core.checkpoint import REPO_ROOT
-
     w = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
     h = int(round(w * 3 / 4))
     face = Image.open(REPO_ROOT / "resources" / "astronaut.png").convert("RGB")
@@ -62,10 +64,6 @@ class BenchOptions:
 
 
 def bench(args: BenchOptions) -> dict[str, object]:
-    from engine.core.images import load_photo, save_image
-    from engine.core.pipeline import Engine, open_session
-    from engine.core.session import fit_scale
-
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = Engine.load(args.weights, args.device)
@@ -124,8 +122,6 @@ def bench(args: BenchOptions) -> dict[str, object]:
         pts = np.stack([mid[0] + ts * iod, mid[1] - 0.8 * iod + 0.15 * iod * np.sin(ts * 3)], 1)
         w, h = session.photo.size
         scale = fit_scale(w, h, *SCREEN)
-        import cv2
-
         screen = cv2.resize(session.photo.pixels, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         scale = screen.shape[1] / w
         session.brush_begin((40, 30, 20), 0.25 * iod)

@@ -26,10 +26,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-if TYPE_CHECKING:
-    from engine.core.attributes import AttributeSet
+from engine.core import align
+from engine.core.attributes import NAMES_FILE, SLIDER_RANGE, AttributeSet
+from engine.core.checkpoint import ModelError
+from engine.core.images import ImageError, check_output_path, load_photo, save_image
+from engine.core.model import ModelConfig
+from engine.core.model_folder import ModelFolder
+from engine.core.pipeline import Engine, NoFaceError, choose_face, detect, open_session
+from engine.core.session import StrokeMissedError
+from engine.tools.attribute_learning import AttributeOptions, learn_attributes
+from engine.tools.bench import BenchOptions, bench
+from engine.tools.evaluate import EvalOptions, evaluate
+from engine.tools.landmark_training import LandmarkOptions, train_landmarks
+from engine.tools.train import TrainOptions, export_run, train
 
 T = TypeVar("T")
 COMMANDS = ("info", "edit", "align", "train", "eval", "attributes", "landmarks", "bench", "export")
@@ -93,10 +104,7 @@ def check_attrs(attributes: AttributeSet, attrs: dict[str, float], allow_failed:
 
 def attribute_help(model_dir: Path | None = None) -> str:
     """The epilog of ``npe edit --help``: the model's sliders, their range and judged quality."""
-    from engine.core.attributes import NAMES_FILE, SLIDER_RANGE
-    from engine.core.checkpoint import default_model_dir
-
-    d = model_dir or default_model_dir()
+    d = ModelFolder.find(model_dir).path
     try:
         rows = json.loads((d / NAMES_FILE).read_text(encoding="utf-8"))["attributes"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -120,17 +128,11 @@ def _print_json(obj: object) -> None:
 # ---- commands -------------------------------------------------------------------------
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from engine.core.pipeline import Engine
-
     _print_json(Engine.load(args.weights, args.device).describe())
     return 0
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from engine.core.images import check_output_path, save_image
-    from engine.core.pipeline import Engine, open_session
-    from engine.core.session import StrokeMissedError
-
     t0 = time.perf_counter()
     check_output_path(args.output)
     strokes = [parse_stroke(s) for s in args.stroke or []]
@@ -171,11 +173,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from engine.core import align
-    from engine.core.images import check_output_path, load_photo, save_image
-    from engine.core.model_folder import ModelFolder
-    from engine.core.pipeline import choose_face, detect
-
     check_output_path(args.output)
     refiner = ModelFolder.find(args.weights).load_refiner()
     photo = load_photo(args.photo)
@@ -200,9 +197,6 @@ def _options(cls: type[T], args: argparse.Namespace) -> T:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.core.model import ModelConfig
-    from engine.tools.train import TrainOptions, train
-
     opts = _options(TrainOptions, args)
     model = {f: getattr(args, f) for f in ModelConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
     if model:
@@ -214,38 +208,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.tools.train import export_run
-
     out = export_run(Path(args.run), Path(args.out), which="model" if args.live else "ema")
     print(json.dumps({"model": str(out)}))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from engine.tools.evaluate import EvalOptions, evaluate
-
     _print_json(evaluate(_options(EvalOptions, args)))
     return 0
 
 
 def cmd_attributes(args: argparse.Namespace) -> int:
-    from engine.tools.attribute_learning import AttributeOptions, learn_attributes
-
     _print_json(learn_attributes(_options(AttributeOptions, args)))
     return 0
 
 
 def cmd_landmarks(args: argparse.Namespace) -> int:
-    from engine.tools.landmark_training import LandmarkOptions, train_landmarks
-
     path = train_landmarks(_options(LandmarkOptions, args))
     print(json.dumps({"weights": str(path)}))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from engine.tools.bench import BenchOptions, bench
-
     if args.window:
         raise UsageError("the window's figures come from the editor: run `npe bench --window`")
     _print_json(bench(_options(BenchOptions, args)))
@@ -284,10 +268,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.ArgumentParser:
     """The parser; ``attribute_list_from``: a model folder (True: the default one) whose sliders
     ``npe edit --help`` lists (read only when help is asked for)."""
-    from engine.core.attributes import SLIDER_RANGE
-    from engine.core.model import ModelConfig
-    from engine.tools.train import TrainOptions
-
     parser = argparse.ArgumentParser(prog="npe", description="Neural Photo Editor: `npe` or `npe PHOTO` opens the "
                                      "editor; these commands work without a window.")
     sub = parser.add_subparsers(dest="command")
@@ -395,10 +375,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     wants_help = "-h" in argv or "--help" in argv
     args = build_parser(_weights_in(argv) or True if wants_help else False).parse_args(argv)
     prog = f"npe {args.command}"
-    from engine.core.checkpoint import ModelError
-    from engine.core.images import ImageError
-    from engine.core.pipeline import NoFaceError
-
     try:
         return HANDLERS[args.command](args)
     except BrokenPipeError:  # the reader went away (`npe info | head`): stop quietly

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.core import align
+from engine.core.faces import locate_eyes
 
 CACHE_VERSION = 2
 TEST_FRACTION_MOD = 10  # one identity in ten is held out
@@ -120,8 +121,6 @@ def build_cache(data_dir: Path, size: int, sets: tuple[str, ...] = ("celeba", "l
         if meta.get("version") == CACHE_VERSION and tuple(meta.get("sets", ())) == tuple(sets):
             return out
     if locate is None:
-        from engine.core.faces import locate_eyes
-
         locate = locate_eyes
     items, names = list_items(data_dir, sets)
     if not items:

@@ -18,17 +18,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from engine.core import align
 from engine.core.edit import BrushRule, MaskSettings, halo_of
-from engine.core.faces import whole_image_face
-from engine.core.images import Photo, load_photo, to_tensor, to_uint8
-from engine.core.landmarks import EyeRefiner
+from engine.core.faces import find_faces, whole_image_face
+from engine.core.images import READABLE_SUFFIXES, ImageError, Photo, load_photo, to_tensor, to_uint8
+from engine.core.landmarks import EyeRefiner, _read_rgb
 from engine.core.model_folder import ModelFolder
-from engine.core.pipeline import Engine
+from engine.core.pipeline import Engine, detect
+from engine.core.session import EditSession
+from engine.tools.attribute_learning import evaluate_attributes
+from engine.tools.data import AlignedFaces, _held_out, aligned_cache, list_items
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,6 @@ def reconstruction_metrics(model: torch.nn.Module, crops: np.ndarray, batch: int
 def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = None,
                   mask: MaskSettings | None = None) -> dict[str, object]:
     """Replay ``STROKES`` on each crop through ``EditSession``; average the effects."""
-    from engine.core.session import EditSession
-
     loaded = engine.loaded  # type: ignore[attr-defined]
     res = loaded.config.resolution
     reductions: list[float] = []
@@ -151,14 +154,9 @@ def load_eval_crops(data: Path, resolution: int, n: int, refiner: EyeRefiner | N
                     ) -> tuple[np.ndarray, str, int]:
     """Held-out aligned faces from prepared data, or detected+aligned faces from a plain folder."""
     if (data / "celeba").is_dir() or any(data.glob("aligned-*/meta.json")):
-        from engine.tools.data import AlignedFaces, aligned_cache
-
         test = AlignedFaces(aligned_cache(data, resolution), split="test")
         rows = np.linspace(0, len(test) - 1, min(n, len(test))).astype(int)
         return test.images(rows), "held-out split", 0
-    from engine.core.images import READABLE_SUFFIXES, ImageError
-    from engine.core.pipeline import detect
-
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)
     crops: list[np.ndarray] = []
     missed = 0
@@ -181,8 +179,6 @@ def load_eval_crops(data: Path, resolution: int, n: int, refiner: EyeRefiner | N
 
 
 def write_grid(model: torch.nn.Module, crops: np.ndarray, path: Path, latent_dim: int) -> None:
-    from PIL import Image
-
     k = min(8, len(crops))
     x = to_tensor(crops[:k])
     g = torch.Generator().manual_seed(7)
@@ -218,8 +214,6 @@ def evaluate(opts: EvalOptions) -> dict[str, object]:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.attributes:
-        from engine.tools.attribute_learning import evaluate_attributes
-
         return evaluate_attributes(opts)
     if opts.alignment:
         return alignment_metrics(Path(opts.data), ModelFolder.find(opts.weights).load_refiner(), opts.n)
@@ -228,7 +222,7 @@ def evaluate(opts: EvalOptions) -> dict[str, object]:
     res = engine.loaded.config.resolution
     crops, source, missed = load_eval_crops(Path(opts.data), res, opts.n, engine.refiner)
     t0 = time.perf_counter()
-    out: dict[str, object] = {"n": int(len(crops)), "source": source, "weights": str(engine.loaded.path),
+    out: dict[str, object] = {"n": int(len(crops)), "source": source, "weights": str(engine.folder.path),
                               "model_id": engine.loaded.model_id, "resolution": res}
     if missed:
         out["skipped_no_face"] = missed
@@ -252,12 +246,6 @@ def alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300, seed
     truth survives any known similarity transform. Errors are mean eye distance divided by
     the inter-ocular distance, for the cascade alone and with the landmark refiner.
     """
-    import cv2
-
-    from engine.core.faces import find_faces
-    from engine.core.landmarks import _read_rgb
-    from engine.tools.data import _held_out, list_items
-
     items = [it for it in list_items(data, ("celeba",))[0] if _held_out(it.identity)]
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(items), min(n, len(items)), replace=False)

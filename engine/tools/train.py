@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -279,8 +280,6 @@ class Trainer:
     def write_grids(self) -> None:
         if self.rank != 0:
             return
-        from PIL import Image
-
         model = self.averaged_model()
         recon = model.decode(model.encode(self.fixed_x))
         samples = model.decode(self.fixed_z)
