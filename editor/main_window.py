@@ -2,8 +2,8 @@
 
 Where a brush stroke goes: ``PhotoCanvas.stroke_*`` signals -> ``MainWindow._stroke_*``
 -> ``EngineWorker.send(StrokeBegin / StrokeMove / StrokeEnd)`` -> (worker thread)
-``EditSession.brush_to`` -> ``Frame`` -> ``Bridge.answer`` (queued signal) ->
-``MainWindow._on_answer`` -> ``PhotoCanvas.set_frame``.
+``EditService.handle`` -> ``EditSession.brush_to`` -> ``EditService.frame`` -> ``Frame`` ->
+``Bridge.answer`` (queued signal) -> ``MainWindow._on_answer`` -> ``PhotoCanvas.set_frame``.
 """
 
 from __future__ import annotations
