@@ -36,6 +36,9 @@ class ModelConfig:
     # resolutions up to this get a second (residual) convolution in the decoder
     decoder_double_up_to: int = 16
     grid: tuple[int, int] = field(default=(0, 0))  # latent canvas rows, cols; (0, 0): nearest square
+    # a conditioned decoder G(z, a): the CelebA attributes a holds, as intensities (-1 absent,
+    # +1 present, 0 unknown); () for the plain decoder G(z)
+    attributes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n_up = int(round(math.log2(self.resolution / 4)))
@@ -58,6 +61,7 @@ class ModelConfig:
                 rows -= 1
             object.__setattr__(self, "grid", (rows, self.latent_dim // rows))
         object.__setattr__(self, "grid", tuple(self.grid))
+        object.__setattr__(self, "attributes", tuple(self.attributes))
         if self.grid[0] * self.grid[1] != self.latent_dim:
             raise ValueError(f"grid {self.grid} does not hold latent_dim {self.latent_dim}")
 
@@ -102,7 +106,13 @@ class UpBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z (N, latent_dim) -> image (N, 3, R, R) in [-1, 1]."""
+    """z (N, latent_dim), and for a conditioned decoder a (N, K) -> image (N, 3, R, R) in [-1, 1].
+
+    The attributes enter as learned shifts: of the first 4x4 map, and per channel after each
+    up-block (AttGAN injects its attribute vector the same way, tiled over the feature maps).
+    Those layers start at zero, so a decoder grown from a plain one draws the same images
+    until training teaches it what ``a`` means; ``a`` left out counts as all zeros (unknown).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -117,10 +127,26 @@ class Decoder(nn.Module):
             blocks.append(UpBlock(c_in, c_out, double=res <= cfg.decoder_double_up_to))
         self.blocks = nn.Sequential(*blocks)
         self.to_rgb = nn.Conv2d(cfg.decoder_channels[-1], 3, 3, padding=1)
+        k = len(cfg.attributes)
+        self.cond_fc = _zero(nn.Linear(k, c0 * 16)) if k else None
+        self.cond_blocks = nn.ModuleList(_zero(nn.Linear(k, c)) for c in cfg.decoder_channels[1:]) if k else None
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.fc_act(self.fc(z)).view(-1, self.cfg.decoder_channels[0], 4, 4)  # (N, C0, 4, 4)
-        return torch.tanh(self.to_rgb(self.blocks(x)))
+    def forward(self, z: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.fc(z)
+        if self.cond_fc is not None and a is not None:
+            h = h + self.cond_fc(a)
+        x = self.fc_act(h).view(-1, self.cfg.decoder_channels[0], 4, 4)  # (N, C0, 4, 4)
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if self.cond_blocks is not None and a is not None:
+                x = x + self.cond_blocks[i](a)[:, :, None, None]
+        return torch.tanh(self.to_rgb(x))
+
+
+def _zero(layer: nn.Linear) -> nn.Linear:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 def _down(c_in: int, c_out: int, norm: bool, sn: bool) -> nn.Sequential:
@@ -149,7 +175,13 @@ class Encoder(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image -> (logits over real / reconstructed / sampled, list of feature maps)."""
+    """image -> (logits over real / reconstructed / sampled, list of feature maps, attribute logits).
+
+    For a conditioned model a second head reads the attributes (AttGAN's classifier C, sharing
+    the discriminator's trunk). It is trained on real photos' labels and then asks the decoder's
+    edits to show the attributes they were given. It is a training loss only, and a separate
+    network from the attribute judge that scores the sliders (engine.core.judge).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -157,14 +189,17 @@ class Discriminator(nn.Module):
         self.stem = nn.Sequential(spectral_norm(nn.Conv2d(3, ch[0], 3, padding=1)), _act())
         self.blocks = nn.ModuleList([_down(a, b, False, True) for a, b in zip(ch, ch[1:] + (ch[-1],), strict=False)])
         self.head = spectral_norm(nn.Linear(ch[-1] * 16, 3))
+        k = len(cfg.attributes)
+        self.classify = nn.Linear(ch[-1] * 16, k) if k else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         feats = []
         h = self.stem(x)
         for block in self.blocks:
             h = block(h)
             feats.append(h)
-        return self.head(h.flatten(1)), feats
+        flat = h.flatten(1)
+        return self.head(flat), feats, self.classify(flat) if self.classify is not None else None
 
 
 class FaceModel(nn.Module):
@@ -180,6 +215,6 @@ class FaceModel(nn.Module):
         """Aligned crops (N, 3, R, R) in [-1, 1] -> posterior means (N, latent_dim)."""
         return self.encoder(x)[0]
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (N, latent_dim) -> images (N, 3, R, R) in [-1, 1]."""
-        return self.decoder(z)
+    def decode(self, z: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (N, latent_dim) (and attributes (N, K)) -> images (N, 3, R, R) in [-1, 1]."""
+        return self.decoder(z, a)

@@ -250,6 +250,9 @@ def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field[object], require
     if typ.startswith("tuple[int"):
         convert = _int_list
         default = ",".join(map(str, default)) if default else default  # type: ignore[call-overload]
+    elif typ.startswith("tuple[str"):
+        convert = _name_list
+        default = ",".join(default) if default else ""  # type: ignore[arg-type]
     p.add_argument(flag, dest=f.name, type=convert, default=None, required=required, help=f"(default {default!r})")
 
 
@@ -258,6 +261,10 @@ def _int_list(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -56,6 +57,7 @@ class TrainOptions:
     w_feat: float = 1.0
     w_kl: float = 3e-5
     w_adv: float = 0.1
+    w_cls: float = 0.5  # conditioned models: the edit must show the attributes it was given (classifier C)
     adv_ramp_steps: int = 2000
     ema: float = 0.999
     seed: int = 0
@@ -66,6 +68,7 @@ class TrainOptions:
     checkpoint_every: int = 500
     export_every: int = 2000
     resume: bool = False
+    init_from: str = ""  # a model folder to start from (its encoder and decoder; new layers start at zero)
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "model": self.model.to_dict()}
@@ -110,6 +113,8 @@ class Trainer:
         self.disc = Discriminator(self.cfg).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
         self.ema = FaceModel(self.cfg).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
         self.ema.eval().requires_grad_(False)
+        if opts.init_from:
+            self.grow_from(Path(opts.init_from))
         self.ema.load_state_dict(self.model.state_dict())
         betas = (opts.beta1, 0.999)
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=betas)
@@ -127,6 +132,19 @@ class Trainer:
         else:
             self.enc, self.dec, self.disc_ddp = self.model.encoder, self.model.decoder, self.disc
 
+    def grow_from(self, folder: Path) -> None:
+        """Start from a shipped model: every tensor of the same name and shape is taken; what
+        the new network adds (the attribute input) keeps its initial zeros."""
+        source = checkpoint.read_tensors(folder / checkpoint.WEIGHTS_NAME)
+        own = self.model.state_dict()
+        taken = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+        if not taken:
+            raise ValueError(f"{folder} shares no weights with this network: nothing to grow from")
+        self.model.load_state_dict(taken, strict=False)
+        new = sorted(set(own) - set(taken))
+        print(f"grown from {folder}: {len(taken)} tensors taken, {len(new)} new ({', '.join(new[:4])}...)",
+              file=sys.stderr)
+
     # ---- data -------------------------------------------------------------------
     def load_data(self) -> None:
         cache = build_cache(Path(self.opts.data), self.cfg.resolution, tuple(self.opts.sets.split(",")))
@@ -134,15 +152,22 @@ class Trainer:
             dist.barrier()
         self.train_set = AlignedFaces(cache, split="train")
         self.test_set = AlignedFaces(cache, split="test")
+        missing = [a for a in self.cfg.attributes if a not in self.train_set.attribute_names]
+        if missing:
+            raise ValueError(f"the data has no labels for {', '.join(missing)}: a conditioned model needs CelebA")
+        self.label_columns = [self.train_set.attribute_names.index(a) for a in self.cfg.attributes]
         if len(self.train_set) < self.opts.batch_size:
             raise ValueError(f"only {len(self.train_set)} training images for batch size {self.opts.batch_size}")
         fixed = np.linspace(0, len(self.test_set) - 1, 8).astype(int)
         self.fixed_x = to_tensor(self.test_set.images(fixed)).to(self.device)
         g = torch.Generator().manual_seed(1234)
         self.fixed_z = torch.randn(16, self.cfg.latent_dim, generator=g).to(self.device)
+        self.fixed_a = torch.from_numpy(self.test_set.labels(fixed)[:, self.label_columns].astype(np.float32))
+        self.fixed_a = self.fixed_a.to(self.device)
 
-    def batch(self, step: int) -> torch.Tensor:
-        """This process's shard of the batch for ``step``: a pure function of (seed, step)."""
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's shard of the batch for ``step`` and its attribute labels (N, K) in
+        {-1, 0 unknown, +1}: a pure function of (seed, step)."""
         n, b = len(self.train_set), self.opts.batch_size
         per_epoch = n // b
         epoch, pos = divmod(step, per_epoch)
@@ -153,7 +178,9 @@ class Trainer:
         x = self.train_set.images(rows)
         flip = np.random.default_rng([self.opts.seed, epoch, pos, 7]).random(b)[self.rank * shard:][:shard] < 0.5
         x[flip] = x[flip, :, ::-1]
-        return to_tensor(x).to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        labels = self.train_set.labels(rows)[:, self.label_columns].astype(np.float32)
+        return (to_tensor(x).to(self.device, memory_format=torch.channels_last, non_blocking=True),
+                torch.from_numpy(labels).to(self.device))
 
     # ---- one step -----------------------------------------------------------------
     def learning_rate(self, step: int) -> float:
@@ -163,9 +190,21 @@ class Trainer:
         frac = min(1.0, (step - o.lr_decay_from) / (o.steps - o.lr_decay_from))
         return o.lr * (1.0 - 0.9 * frac)
 
-    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+    def edited_labels(self, a: torch.Tensor) -> torch.Tensor:
+        """AttGAN's edit: per face, one attribute turned over (an unknown one set at random)."""
+        n, k = a.shape
+        which = torch.randint(0, k, (n,), generator=self.noise, device=self.device)
+        coin = torch.randint(0, 2, (n,), generator=self.noise, device=self.device).float() * 2 - 1
+        b = a.clone()
+        old = a[torch.arange(n, device=self.device), which]
+        b[torch.arange(n, device=self.device), which] = torch.where(old != 0, -old, coin)
+        return b
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
         o = self.opts
+        x, a = batch
         n = x.shape[0]
+        conditioned = bool(self.cfg.attributes)
         lr = self.learning_rate(self.step)
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups:
@@ -174,29 +213,45 @@ class Trainer:
         eps = torch.randn(mu.shape, generator=self.noise, device=self.device)
         z = mu + eps * torch.exp(0.5 * logvar)
         zp = torch.randn(mu.shape, generator=self.noise, device=self.device)
-        out = self.dec(torch.cat([z, zp]))
-        xr, xs = out[:n], out[n:]
+        if conditioned:  # reconstruct with the true labels, sample with none, edit with turned ones
+            b = self.edited_labels(a)
+            out = self.dec(torch.cat([z, zp, z]), torch.cat([a, torch.zeros_like(a), b]))
+        else:
+            out = self.dec(torch.cat([z, zp]))
+        xr, xs, xe = out[:n], out[n:2 * n], out[2 * n:]
 
         # encoder + decoder
         self.disc.requires_grad_(False)
-        logits, feats = self.disc(torch.cat([x, xr, xs]))
+        logits, feats, attr = self.disc(torch.cat([x, xr, xs, xe]))
         pix = (x - xr).abs().mean()
         feat = torch.stack([(f[:n].detach() - f[n:2 * n]).abs().mean() for f in feats]).mean()
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
-        fool = torch.full((2 * n,), REAL, device=self.device, dtype=torch.long)
+        fool = torch.full((len(out),), REAL, device=self.device, dtype=torch.long)
         adv = F.cross_entropy(logits[n:], fool)
         ramp = min(1.0, (self.step + 1) / max(1, o.adv_ramp_steps))
         loss_g = o.w_pix * pix + o.w_feat * feat + o.w_kl * kl + ramp * o.w_adv * adv
+        vals: dict[str, torch.Tensor] = {}
+        if attr is not None:  # the edits must show what they were given
+            cls_g = _masked_bce(attr[3 * n:], b)
+            loss_g = loss_g + ramp * o.w_cls * cls_g
+            vals["cls_g"] = cls_g
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
 
-        # discriminator
+        # discriminator (and, for a conditioned model, its classifier on the real photos' labels)
         self.disc.requires_grad_(True)
-        logits_d, _ = self.disc_ddp(torch.cat([x, xr.detach(), xs.detach()]))
-        target = torch.cat([torch.full((n,), c, device=self.device, dtype=torch.long)
-                            for c in (REAL, RECONSTRUCTED, SAMPLED)])
+        logits_d, _, attr_d = self.disc_ddp(torch.cat([x, xr.detach(), xs.detach(), xe.detach()]))
+        target = torch.cat([torch.full((len(t),), c, device=self.device, dtype=torch.long)
+                            for t, c in ((x, REAL), (xr, RECONSTRUCTED), (xs, SAMPLED), (xe, SAMPLED))])
         loss_d = F.cross_entropy(logits_d, target)
+        if attr_d is not None:
+            cls_d = _masked_bce(attr_d[:n], a)
+            loss_d = loss_d + cls_d
+            vals["cls_d"] = cls_d
+            with torch.no_grad():  # does C read the turned attribute on the edits?
+                turned = (b != a)
+                vals["edit_read"] = ((attr_d[3 * n:] > 0) == (b > 0))[turned].float().mean()
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
@@ -207,7 +262,7 @@ class Trainer:
             for be, bm in zip(self.ema.buffers(), self.model.buffers(), strict=False):
                 be.copy_(bm)
             acc = (logits_d.argmax(1) == target).float().mean()
-        vals = {"pix": pix, "feat": feat, "kl": kl, "adv": adv, "d": loss_d, "d_acc": acc}
+        vals.update({"pix": pix, "feat": feat, "kl": kl, "adv": adv, "d": loss_d, "d_acc": acc})
         return {k: float(v.detach()) for k, v in vals.items()}
 
     # ---- state --------------------------------------------------------------------
@@ -278,13 +333,21 @@ class Trainer:
 
     @torch.no_grad()
     def write_grids(self) -> None:
+        """Rows: held-out faces, their reconstructions, 16 samples; for a conditioned model then
+        one row per attribute (up to four): the faces with that attribute set to +1."""
         if self.rank != 0:
             return
         model = self.averaged_model()
-        recon = model.decode(model.encode(self.fixed_x))
+        z = model.encode(self.fixed_x)
+        conditioned = bool(self.cfg.attributes)
+        recon = model.decode(z, self.fixed_a if conditioned else None)
         samples = model.decode(self.fixed_z)
         rows = [torch.cat(list(self.fixed_x), 2), torch.cat(list(recon), 2),
                 torch.cat(list(samples[:8]), 2), torch.cat(list(samples[8:]), 2)]
+        for k in range(min(4, len(self.cfg.attributes))):
+            a = self.fixed_a.clone()
+            a[:, k] = 1.0
+            rows.append(torch.cat(list(model.decode(z, a)), 2))
         grid = to_uint8(torch.cat(rows, 1))
         Image.fromarray(grid).save(self.out / f"grid-{self.step:07d}.png")
 
@@ -340,6 +403,14 @@ class Trainer:
             log.close()
         if self.world > 1:
             dist.destroy_process_group()
+
+
+def _masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy over the known labels (+1 / -1); unknown ones (0) are left out."""
+    known = labels != 0
+    if not known.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[known], (labels[known] > 0).float())
 
 
 def train(opts: TrainOptions) -> Path:
