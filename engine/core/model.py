@@ -159,7 +159,8 @@ def _down(c_in: int, c_out: int, norm: bool, sn: bool) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """image (N, 3, R, R) -> (mu, logvar), each (N, latent_dim)."""
+    """image (N, 3, R, R) -> (mu, logvar), each (N, latent_dim), and for a conditioned model the
+    photo's attribute logits (N, K): where a slider on the decoder's input starts."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -167,11 +168,14 @@ class Encoder(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, ch[0], 3, padding=1), _act())
         self.down = nn.Sequential(*[_down(a, b, True, False) for a, b in zip(ch, ch[1:] + (ch[-1],), strict=False)])
         self.head = nn.Linear(ch[-1] * 16, 2 * cfg.latent_dim)
+        k = len(cfg.attributes)
+        self.read_attributes = nn.Linear(ch[-1] * 16, k) if k else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         h = self.down(self.stem(x)).flatten(1)  # (N, C * 4 * 4)
         mu, logvar = self.head(h).chunk(2, dim=1)
-        return mu, logvar.clamp(-12, 6)
+        attrs = self.read_attributes(h) if self.read_attributes is not None else None
+        return mu, logvar.clamp(-12, 6), attrs
 
 
 class Discriminator(nn.Module):
@@ -214,6 +218,12 @@ class FaceModel(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Aligned crops (N, 3, R, R) in [-1, 1] -> posterior means (N, latent_dim)."""
         return self.encoder(x)[0]
+
+    def attributes_of(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Aligned crops -> the attribute intensities a conditioned decoder takes (N, K), in
+        [-1, 1] (2 p - 1 of the encoder's reading); None for a plain model."""
+        logits = self.encoder(x)[2]
+        return None if logits is None else 2 * torch.sigmoid(logits) - 1
 
     def decode(self, z: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (N, latent_dim) (and attributes (N, K)) -> images (N, 3, R, R) in [-1, 1]."""

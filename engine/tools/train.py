@@ -209,7 +209,7 @@ class Trainer:
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups:
                 group["lr"] = lr
-        mu, logvar = self.enc(x)
+        mu, logvar, read = self.enc(x)
         eps = torch.randn(mu.shape, generator=self.noise, device=self.device)
         z = mu + eps * torch.exp(0.5 * logvar)
         zp = torch.randn(mu.shape, generator=self.noise, device=self.device)
@@ -235,6 +235,10 @@ class Trainer:
             cls_g = _masked_bce(attr[3 * n:], b)
             loss_g = loss_g + ramp * o.w_cls * cls_g
             vals["cls_g"] = cls_g
+        if read is not None:  # the encoder learns the photo's attributes (a slider's starting point)
+            read_loss = _masked_bce(read, a)
+            loss_g = loss_g + read_loss
+            vals["read"] = read_loss
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -431,7 +435,7 @@ def recalibrate_batchnorm(model: FaceModel, batch: Callable[[], torch.Tensor], n
     g = torch.Generator().manual_seed(0)
     for _ in range(n):
         x = batch()
-        mu, logvar = model.encoder(x)
+        mu, logvar, _ = model.encoder(x)
         eps = torch.randn(mu.shape, generator=g).to(mu)
         z = mu + eps * torch.exp(0.5 * logvar)
         model.decoder(torch.cat([z, torch.randn(mu.shape, generator=g).to(mu)]))
