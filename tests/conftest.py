@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -95,6 +96,30 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dirs = dirs / dirs.norm(dim=1, keepdim=True)
     AttributeSet([Attribute("smiling", "Smiling", 1.0, default_hold=("eyeglasses",)),
                   Attribute("eyeglasses", "Eyeglasses", 1.0, quality="weak"),
+                  Attribute("pc1", "Latent direction 1", 2.0, kind=SliderKind.PRINCIPAL)], dirs).save(d)
+    return d
+
+
+CONDITIONED = dataclasses.replace(TINY, attributes=("Smiling", "Eyeglasses"))
+
+
+@pytest.fixture(scope="session")
+def tiny_conditioned_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random conditioned model G(z, a) whose attribute input matters, with two sliders
+    on that input (smiling, eyeglasses) and one latent direction."""
+    d = tmp_path_factory.mktemp("tiny-conditioned")
+    torch.manual_seed(4)
+    model = FaceModel(CONDITIONED)
+    model.load_state_dict(make_tiny_model().state_dict(), strict=False)
+    with torch.no_grad():
+        for layer in [model.decoder.cond_fc, *model.decoder.cond_blocks]:
+            torch.nn.init.normal_(layer.weight, 0.0, 0.8)
+    checkpoint.save_model(model.eval(), d, model_id="tiny-conditioned")
+    dirs = torch.zeros(3, TINY.latent_dim)
+    dirs[2, 0] = 1.0
+    condition = SliderKind.CONDITION
+    AttributeSet([Attribute("smiling", "Smiling", 1.0, kind=condition, condition=0),
+                  Attribute("eyeglasses", "Eyeglasses", 1.0, kind=condition, condition=1),
                   Attribute("pc1", "Latent direction 1", 2.0, kind=SliderKind.PRINCIPAL)], dirs).save(d)
     return d
 

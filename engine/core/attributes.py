@@ -113,6 +113,7 @@ class Attribute:
     kind: SliderKind = SliderKind.DIRECTION
     default_hold: tuple[str, ...] = ()  # what "hold correlated attributes fixed" projects out
     quality_independent: str = ""  # the quality with the held attributes free ("": the same)
+    condition: int = -1  # CONDITION sliders: the entry of the decoder's attribute input they move
 
     def quality_in(self, hold: bool) -> str:
         return self.quality if hold or not self.quality_independent else self.quality_independent
@@ -185,10 +186,23 @@ class AttributeSet:
         return self._cache[key]
 
     def offset(self, values: SliderValues | Mapping[str, float], hold: bool = True) -> torch.Tensor:
-        """Sum of value * step * direction over the given sliders, shape (D,)."""
+        """The latent sliders' move: sum of value * step * direction, shape (D,)."""
         out = torch.zeros(self.latent_dim)
         for name, v in SliderValues.of(values).items:
-            out += v * self.get(name).step * self.direction(name, hold)
+            if self.get(name).kind is not SliderKind.CONDITION:
+                out += v * self.get(name).step * self.direction(name, hold)
+        return out
+
+    def condition_offset(self, values: SliderValues | Mapping[str, float], k: int) -> torch.Tensor:
+        """The CONDITION sliders' move of the decoder's attribute input: value * step at each
+        slider's entry, shape (k,)."""
+        out = torch.zeros(k)
+        for name, v in SliderValues.of(values).items:
+            a = self.get(name)
+            if a.kind is SliderKind.CONDITION:
+                if not 0 <= a.condition < k:
+                    raise ValueError(f"slider {name} moves attribute input {a.condition}, but the decoder takes {k}")
+                out[a.condition] += v * a.step
         return out
 
     def visible(self, hold: bool = True) -> list[Attribute]:
@@ -209,7 +223,7 @@ class AttributeSet:
             "attributes": [
                 {"name": a.name, "label": a.label, "step": a.step, "quality": a.quality, "note": a.note,
                  "kind": a.kind.value, "default_hold": list(a.default_hold),
-                 "quality_independent": a.quality_independent}
+                 "quality_independent": a.quality_independent, "condition": a.condition}
                 for a in self.attributes
             ],
             **meta,
@@ -228,7 +242,8 @@ class AttributeSet:
                                quality=a.get("quality", "good"), note=a.get("note", ""),
                                kind=_kind(a.get("kind", "direction")),
                                default_hold=tuple(a.get("default_hold", ())),
-                               quality_independent=a.get("quality_independent", ""))
+                               quality_independent=a.get("quality_independent", ""),
+                               condition=int(a.get("condition", -1)))
                      for a in doc["attributes"]]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ModelError(f"attribute list {names_path} is damaged ({e})") from None

@@ -322,7 +322,7 @@ class EditService:
             d = a.step * s.attributes.direction(a.name, s.hold).to(s.device)
             offsets = torch.stack([v * d for v in STRIP_VALUES])
             shown = render_shift(s.decoder, s.x.expand(n, -1, -1, -1), s.z0.expand(n, -1), offsets,
-                                 s.mask_settings)
+                                 s.mask_settings, a=s.a0)
             tiles = [cv2.resize(t, (STRIP_SIZE, STRIP_SIZE), interpolation=cv2.INTER_AREA) for t in to_uint8(shown)]
             strips[a.name] = np.concatenate(tiles, axis=1)
         return strips

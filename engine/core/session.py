@@ -95,7 +95,10 @@ class EditSession:
                 z = self.model.model.encode(self.x)
             else:
                 z = torch.as_tensor(z0, dtype=torch.float32, device=self.device).view(1, -1)
-            self.recon0 = self.decoder(z).clone()
+            # a conditioned decoder's attribute input, as the encoder reads this photo (None: plain)
+            a0 = self.model.model.attributes_of(self.x)
+            self.a0 = None if a0 is None else a0.clone()
+            self.recon0 = self.decoder(z, self.a0).clone()
         self.z0 = z.clone()
         self.z_base = z.clone()
         self.sliders = SliderValues()
@@ -110,6 +113,8 @@ class EditSession:
     def to(self, device: str | torch.device) -> None:
         """Move the session (not the model) to another device; a stroke in progress continues."""
         self.device = torch.device(device)
+        if self.a0 is not None:
+            self.a0 = self.a0.to(self.device)
         for name in ("x", "recon0", "z0", "z_base"):
             setattr(self, name, getattr(self, name).to(self.device))
         self._plain = None
@@ -134,6 +139,18 @@ class EditSession:
     @property
     def sliders_set(self) -> bool:
         return bool(self.sliders)
+
+    @property
+    def a(self) -> torch.Tensor | None:
+        """The conditioned decoder's attribute input: the photo's reading moved by the CONDITION
+        sliders (None for a plain decoder)."""
+        if self.a0 is None:
+            return None
+        return self.a0 + self.attributes.condition_offset(self.sliders, self.a0.shape[1]).to(self.device)
+
+    def generate(self, z: torch.Tensor, sliders: bool = True) -> torch.Tensor:
+        """The decoder at ``z``, with the attribute input the sliders set (or the photo's own)."""
+        return self.decoder(z, self.a if sliders else self.a0)
 
     @property
     def z(self) -> torch.Tensor:
@@ -238,7 +255,7 @@ class EditSession:
         r = self.resolution
         radius = max(0.5, radius_photo * align.scale_of(self.transform))
         with torch.inference_mode():
-            keep = self.decoder(self.z).clone()
+            keep = self.generate(self.z).clone()
         self.stroke = Stroke(
             color=np.asarray(color_rgb, dtype=np.float32) / 127.5 - 1.0,
             radius=radius,
@@ -275,8 +292,8 @@ class EditSession:
         plain = None
         if self.sliders_set:  # the brush's own change, for the preview's blend mask
             with torch.inference_mode():
-                plain = self.decoder(s.optimizer.z.detach() - offset)
-        generated, loss = s.optimizer.step(self.decoder, paint, alpha, halo)
+                plain = self.generate(s.optimizer.z.detach() - offset, sliders=False)
+        generated, loss = s.optimizer.step(self.generate, paint, alpha, halo)
         s.losses.append(loss)
         self.z_base = s.optimizer.z.detach() - offset
         # the preview shows the decoder output computed for this step (one step behind)
@@ -303,7 +320,7 @@ class EditSession:
         if s.alpha.any():
             paint, alpha, halo = self._paint_tensors()
             for _ in range(refine_steps):
-                _, loss = s.optimizer.step(self.decoder, paint, alpha, halo)
+                _, loss = s.optimizer.step(self.generate, paint, alpha, halo)
                 s.losses.append(loss)
             self.z_base = s.optimizer.z.detach() - self.slider_offset()
         self.stroke = None
@@ -319,7 +336,7 @@ class EditSession:
     def render(self) -> CropRender:
         if self._render is None:
             with torch.inference_mode():
-                generated = self.decoder(self.z)
+                generated = self.generate(self.z)
                 plain = self._without_sliders() if self.sliders_set else None
                 shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain)
             self._render = CropRender(shown, generated, mask)
@@ -328,7 +345,7 @@ class EditSession:
     def _without_sliders(self) -> torch.Tensor:
         """G(z_base), kept while z_base stays the same (as it does while a slider is dragged)."""
         if self._plain is None or not torch.equal(self._plain[0], self.z_base):
-            self._plain = (self.z_base.clone(), self.decoder(self.z_base))
+            self._plain = (self.z_base.clone(), self.generate(self.z_base, sliders=False))
         return self._plain[1]
 
     def composite(self, pixels: np.ndarray | None = None, scale: float = 1.0,
@@ -354,7 +371,8 @@ class EditSession:
 
     @property
     def edited(self) -> bool:
-        return not torch.equal(self.z, self.z0)
+        moved_a = self.a0 is not None and self.sliders_set and not torch.equal(self.a, self.a0)  # type: ignore[arg-type]
+        return moved_a or not torch.equal(self.z, self.z0)
 
     def latent_grid(self) -> np.ndarray:
         """The current latent as a (rows, cols) array, for the latent canvas."""

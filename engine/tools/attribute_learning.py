@@ -167,9 +167,19 @@ def pca_directions(latents: np.ndarray, k: int = PCA_COUNT) -> list[Direction]:
     return [Direction(f"pc{i + 1}", vt[i].astype(np.float32), float(std[i]), 0.0) for i in range(k)]
 
 
-def _render_shift(engine: Engine, crops: torch.Tensor, z: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """What the editor shows after a slider adds ``offset`` to each latent."""
-    return render_shift(engine.loaded.model.decoder, crops, z, offset)
+def slider_view(engine: Engine, attrs: AttributeSet, attr: Attribute, crops: torch.Tensor, z: torch.Tensor,
+                a: torch.Tensor | None, value: float, hold: bool = True) -> torch.Tensor:
+    """What the editor shows of ``crops`` with one slider at ``value``: a latent slider moves z,
+    a CONDITION slider moves its entry of the decoder's attribute input ``a`` (the encoder's
+    reading of the crops; None for a plain model)."""
+    if attr.kind is SliderKind.CONDITION:
+        if a is None:
+            raise ValueError(f"slider {attr.name} moves the decoder's attribute input, but this model has none")
+        shift = torch.zeros_like(a[:1])
+        shift[0, attr.condition] = value * attr.step
+        return render_shift(engine.loaded.model.decoder, crops, z, torch.zeros_like(z[:1]), a=a, a_offset=shift)
+    d = attrs.direction(attr.name, hold) * attr.step
+    return render_shift(engine.loaded.model.decoder, crops, z, value * d.view(1, -1), a=a)
 
 
 def face_region(resolution: int) -> torch.Tensor:
@@ -196,20 +206,20 @@ def judge_sliders(engine: Engine, attrs: AttributeSet, judge: AttributeJudge, ju
     model = engine.loaded.model  # type: ignore[attr-defined]
     with torch.inference_mode():
         z = model.encode(crops)
+        read = model.attributes_of(crops)
     base = judge_scores(judge, crops)
     region = face_region(crops.shape[-1])
     report: dict[str, dict[str, float]] = {}
     for a in attrs.attributes:
-        if a.kind is not SliderKind.DIRECTION or a.name not in SLIDERS:
+        if a.kind is SliderKind.PRINCIPAL or a.name not in SLIDERS:
             continue
         _, col_name, sign = SLIDERS[a.name]
         col = judge_names.index(col_name)
         has = (lab[:, col] * sign) > 0
-        d = attrs.direction(a.name) * a.step
-        up = _render_shift(engine, crops, z, d.view(1, -1))
-        down = _render_shift(engine, crops, z, -d.view(1, -1))
+        up = slider_view(engine, attrs, a, crops, z, read, 1.0)
+        down = slider_view(engine, attrs, a, crops, z, read, -1.0)
         s_up, s_down = judge_scores(judge, up), judge_scores(judge, down)
-        s_max = judge_scores(judge, _render_shift(engine, crops, z, SLIDER_RANGE * d.view(1, -1)))
+        s_max = judge_scores(judge, slider_view(engine, attrs, a, crops, z, read, SLIDER_RANGE))
 
         def pos(s: torch.Tensor, col: int = col, sign: int = sign) -> torch.Tensor:
             return (s[:, col] > 0.5) if sign > 0 else (s[:, col] < 0.5)
@@ -227,10 +237,9 @@ def judge_sliders(engine: Engine, attrs: AttributeSet, judge: AttributeJudge, ju
                           "other_attributes_change": round(other_change, 4), "outside_face_change": round(outside, 4),
                           "n_without": int((~has).sum()), "n_with": int(has.sum())}
         if attrs.held(a.name, True):  # the same slider with the correlated attributes free (the editor's other mode)
-            free = attrs.direction(a.name, hold=False) * a.step
             for key, v in (("flip_to_positive_independent", 1.0),
                            ("flip_to_positive_at_slider_end_independent", SLIDER_RANGE)):
-                s_free = judge_scores(judge, _render_shift(engine, crops, z, v * free.view(1, -1)))
+                s_free = judge_scores(judge, slider_view(engine, attrs, a, crops, z, read, v, hold=False))
                 report[a.name][key] = round(_share(pos(s_free), ~has), 3)
     return report
 
@@ -282,7 +291,13 @@ def learn_attributes(args: AttributeOptions) -> dict[str, object]:
     lab = labels[keep]
     holds = label_holds(lab, names)
     attrs, vectors = [], []
+    conditioned = engine.loaded.config.attributes
     for name, (label, col, sign) in SLIDERS.items():
+        if col in conditioned:  # the decoder takes this attribute: the slider sets its input
+            attrs.append(Attribute(name, label, float(sign), kind=SliderKind.CONDITION,
+                                   condition=conditioned.index(col), note="the decoder's attribute input"))
+            vectors.append(np.zeros(latents.shape[1], np.float32))
+            continue
         if col not in names:
             continue
         positive = lab[:, names.index(col)] * sign > 0
@@ -321,7 +336,7 @@ def learn_attributes(args: AttributeOptions) -> dict[str, object]:
                     "judge_false_positive_before": r["judge_false_positive_before"]})
     aset.save(model_dir, model_id=engine.loaded.model_id, evaluation=report,
               judge_held_out_accuracy=acc)
-    named = [a for a in aset.attributes if a.kind is SliderKind.DIRECTION]
+    named = [a for a in aset.attributes if a.kind is not SliderKind.PRINCIPAL]
     return {"model_dir": str(model_dir), "sliders": {a.name: a.quality for a in named},
             "sliders_with_correlated_attributes_free": {
                 a.name: a.quality_independent for a in aset.attributes if a.quality_independent},
@@ -359,11 +374,12 @@ def evaluate_attributes(args: EvalOptions) -> dict[str, object]:
 def write_attribute_grid(engine: Engine, test: object, path: Path, faces: int = 2,
                          values: tuple[float, ...] = (-2, -1, 0, 1, 2)) -> None:
     """Rows: attributes (for each of ``faces`` held-out faces), columns: slider values."""
-    attrs = [a for a in engine.attributes.attributes if a.kind is SliderKind.DIRECTION]  # type: ignore[attr-defined]
+    attrs = [a for a in engine.attributes.attributes if a.kind is not SliderKind.PRINCIPAL]
     idx = np.linspace(0, len(test) - 1, faces).astype(int)  # type: ignore[arg-type]
     crops = to_tensor(test.images(idx))  # type: ignore[attr-defined]
     with torch.inference_mode():
-        z = engine.loaded.model.encode(crops)  # type: ignore[attr-defined]
+        z = engine.loaded.model.encode(crops)
+        read = engine.loaded.model.attributes_of(crops)
     res = crops.shape[-1]
     cell = max(res, 96)
     label_w = 130
@@ -374,10 +390,10 @@ def write_attribute_grid(engine: Engine, test: object, path: Path, faces: int = 
     for r, a in enumerate(attrs):
         draw.text((4, 20 + r * cell + cell // 2 - 6), a.label + ("*" if a.quality != "good" else ""),
                   fill=(220, 220, 220))
-        d = engine.attributes.direction(a.name) * a.step
         for f in range(faces):
             for c, v in enumerate(values):
-                shown = _render_shift(engine, crops[f:f + 1], z[f:f + 1], v * d.view(1, -1))
+                a_f = None if read is None else read[f:f + 1]
+                shown = slider_view(engine, engine.attributes, a, crops[f:f + 1], z[f:f + 1], a_f, v)
                 tile = Image.fromarray(to_uint8(shown[0])).resize((cell, cell), Image.Resampling.BILINEAR)
                 sheet.paste(tile, (label_w + (f * len(values) + c) * cell, 20 + r * cell))
     sheet.save(path)

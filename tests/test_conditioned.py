@@ -1,0 +1,96 @@
+"""A conditioned decoder G(z, a) in the editor: sliders on the decoder's attribute input start
+from the encoder's reading of the photo, leave the latent alone, and go through undo, the
+brush, session files and the command line like any other slider."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.core.attributes import AttributeSet, SliderKind
+from engine.core.document import load_session, save_session
+from engine.core.pipeline import Engine, open_session
+from engine.tools.cli import main
+from tests.conftest import CONDITIONED
+
+
+@pytest.fixture
+def conditioned(tiny_conditioned_model_dir: Path) -> Engine:
+    return Engine.load(tiny_conditioned_model_dir, "cpu")
+
+
+def test_a_condition_slider_moves_the_decoders_input_not_the_latent(conditioned: Engine, face_photo: Path) -> None:
+    s, _ = open_session(conditioned, face_photo)
+    assert s.a0 is not None
+    assert s.a0.shape == (1, 2)
+    assert bool((s.a0.abs() <= 1).all())  # the encoder's reading, in [-1, 1]
+    before = s.composite()
+    z = s.z.clone()
+    s.set_sliders({"eyeglasses": 1.5})
+    s.commit()
+    assert torch.equal(s.z, z)
+    assert torch.allclose(s.a, s.a0 + torch.tensor([[0.0, 1.5]]))
+    assert s.edited
+    after = s.composite()
+    assert not np.array_equal(after, before)
+    # the brush still paints, with the slider's input kept
+    s.brush_begin((10, 10, 10), 6)
+    for p in ((30, 30), (50, 35)):
+        s.brush_to([p])
+    s.brush_end()
+    assert not torch.equal(s.z, z)
+    assert torch.allclose(s.a, s.a0 + torch.tensor([[0.0, 1.5]]))
+    s.undo()
+    assert np.array_equal(s.composite(), after)
+    s.undo()
+    assert np.array_equal(s.composite(), before)
+
+
+def test_condition_sliders_survive_a_session_file(conditioned: Engine, face_photo: Path, tmp_path: Path) -> None:
+    s, faces = open_session(conditioned, face_photo)
+    s.set_sliders({"smiling": -1.0, "pc1": 0.5})
+    s.commit()
+    save_session(s, tmp_path / "c.npe", faces, 0)
+    again, _, _ = load_session(conditioned, tmp_path / "c.npe")
+    assert again.sliders == s.sliders
+    assert np.array_equal(again.composite(), s.composite())
+
+
+def test_npe_edit_and_info_with_a_conditioned_model(tiny_conditioned_model_dir: Path, face_photo: Path,
+                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.png"
+    assert main(["edit", str(face_photo), "-o", str(out), "--weights", str(tiny_conditioned_model_dir),
+                 "--attr", "smiling=1.5"]) == 0
+    assert out.exists()
+    capsys.readouterr()
+    assert main(["info", "--weights", str(tiny_conditioned_model_dir)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [(s["name"], s["kind"]) for s in info["sliders"]] == [
+        ("smiling", "condition"), ("eyeglasses", "condition"), ("pc1", "principal")]
+
+
+def test_npe_attributes_gives_a_conditioned_model_sliders_on_its_input(tiny_conditioned_model_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    from tests.test_train import make_cache
+
+    data = make_cache(tmp_path / "data", n=240, size=CONDITIONED.resolution)
+    cache = data / f"aligned-{CONDITIONED.resolution}"
+    rng = np.random.default_rng(6)
+    np.save(cache / "labels.npy", rng.choice(np.array([-1, 1], np.int8), (240, 3)))
+    meta = json.loads((cache / "meta.json").read_text())
+    meta["attribute_names"] = ["Smiling", "Eyeglasses", "Male"]
+    (cache / "meta.json").write_text(json.dumps(meta))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_conditioned_model_dir, model)
+    assert main(["attributes", "--data", str(data), "--weights", str(model), "--device", "cpu"]) == 0
+    attrs = AttributeSet.load(model, CONDITIONED.latent_dim)
+    kinds = {a.name: (a.kind, a.condition) for a in attrs.attributes if a.kind is not SliderKind.PRINCIPAL}
+    assert kinds == {"smiling": (SliderKind.CONDITION, 0), "eyeglasses": (SliderKind.CONDITION, 1),
+                     "male": (SliderKind.DIRECTION, -1)}
+    report = json.loads((model / "attributes.json").read_text())["evaluation"]
+    assert {"smiling", "eyeglasses", "male"} <= set(report)  # every slider judged, whatever it moves
