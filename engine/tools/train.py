@@ -191,14 +191,11 @@ class Trainer:
         return o.lr * (1.0 - 0.9 * frac)
 
     def edited_labels(self, a: torch.Tensor) -> torch.Tensor:
-        """AttGAN's edit: per face, one attribute turned over (an unknown one set at random)."""
-        n, k = a.shape
-        which = torch.randint(0, k, (n,), generator=self.noise, device=self.device)
-        coin = torch.randint(0, 2, (n,), generator=self.noise, device=self.device).float() * 2 - 1
-        b = a.clone()
-        old = a[torch.arange(n, device=self.device), which]
-        b[torch.arange(n, device=self.device), which] = torch.where(old != 0, -old, coin)
-        return b
+        """AttGAN's edit: each face gets the labels of another face of the batch (a real, so
+        plausible, combination; many attributes turn over at once); where those are unknown, its own."""
+        perm = torch.randperm(len(a), generator=self.noise, device=self.device)
+        b = a[perm]
+        return torch.where(b != 0, b, a)
 
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
         o = self.opts
