@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from engine.core.model import FaceModel, ModelConfig
 from engine.tools.data import CACHE_VERSION
 from engine.tools.train import TrainOptions, train
 from tests.conftest import TINY
@@ -200,3 +202,48 @@ def test_a_conditioned_model_needs_labelled_data(tmp_path: Path) -> None:
     data = make_cache(tmp_path / "data")
     with pytest.raises(ValueError, match="no labels for Smiling"):
         train(tiny_options(data, tmp_path / "run", model=dataclasses.replace(TINY, attributes=("Smiling",))))
+
+
+HALF = ModelConfig(resolution=16, latent_dim=16, decoder_channels=(16, 12, 8), encoder_channels=(8, 8),
+                   discriminator_channels=(4, 8))
+GROWN = dataclasses.replace(TINY, fade_from=16)
+
+
+def test_a_model_grown_to_twice_the_resolution_starts_as_the_old_one_upsampled(tmp_path: Path) -> None:
+    """The new decoder block and encoder stage fade in: at fade 0 the grown model is the old
+    one (its output upsampled, its encoder reading the image at half size)."""
+    from engine.core.checkpoint import save_model
+    from engine.tools.train import Trainer
+
+    torch.manual_seed(2)
+    old = FaceModel(HALF).eval()
+    with torch.no_grad():
+        for m in old.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 1.5)
+    save_model(old, tmp_path / "half")
+    t = Trainer(tiny_options(tmp_path, tmp_path / "run", model=GROWN, init_from=str(tmp_path / "half")))
+    grown = t.model.eval()
+    z = torch.randn(3, 16)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert float(grown.decoder.fade) == 0.0
+        expected = F.interpolate(old.decoder(z), scale_factor=2, mode="bilinear", align_corners=False)
+        assert torch.allclose(grown.decoder(z), expected, atol=1e-5)
+        assert torch.allclose(grown.encode(x), old.encode(F.avg_pool2d(x, 2)), atol=1e-5)
+        t.set_fade(t.opts.fade_steps)
+        assert not torch.allclose(grown.decoder(z), expected, atol=1e-3)  # the new block alone now
+
+
+def test_growing_fades_in_and_exports_a_loadable_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from engine.core.checkpoint import load_model, save_model
+
+    save_model(FaceModel(HALF).eval(), tmp_path / "half")
+    data = make_cache(tmp_path / "data")
+    run = train(tiny_options(data, tmp_path / "run", model=GROWN, init_from=str(tmp_path / "half"), fade_steps=3,
+                             steps=4))
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [round(r["fade"], 3) for r in logs] == [0.0, 0.333, 0.667, 1.0]
+    loaded = load_model(run / "model")
+    assert loaded.config.fade_from == 16
+    assert float(loaded.model.decoder.fade) == 1.0

@@ -17,6 +17,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -39,6 +40,9 @@ class ModelConfig:
     # a conditioned decoder G(z, a): the CelebA attributes a holds, as intensities (-1 absent,
     # +1 present, 0 unknown); () for the plain decoder G(z)
     attributes: tuple[str, ...] = ()
+    # grown from a model of half this resolution: the new decoder block and encoder stage fade
+    # in over the old ones (``fade`` goes 0 -> 1 in training); 0 when not grown
+    fade_from: int = 0
 
     def __post_init__(self) -> None:
         n_up = int(round(math.log2(self.resolution / 4)))
@@ -62,6 +66,8 @@ class ModelConfig:
             object.__setattr__(self, "grid", (rows, self.latent_dim // rows))
         object.__setattr__(self, "grid", tuple(self.grid))
         object.__setattr__(self, "attributes", tuple(self.attributes))
+        if self.fade_from and self.fade_from * 2 != self.resolution:
+            raise ValueError(f"a model grows by doubling: {self.fade_from} px cannot fade into {self.resolution} px")
         if self.grid[0] * self.grid[1] != self.latent_dim:
             raise ValueError(f"grid {self.grid} does not hold latent_dim {self.latent_dim}")
 
@@ -114,6 +120,8 @@ class Decoder(nn.Module):
     until training teaches it what ``a`` means; ``a`` left out counts as all zeros (unknown).
     """
 
+    fade: torch.Tensor  # growing: the new block's weight (a buffer)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -130,17 +138,26 @@ class Decoder(nn.Module):
         k = len(cfg.attributes)
         self.cond_fc = _zero(nn.Linear(k, c0 * 16)) if k else None
         self.cond_blocks = nn.ModuleList(_zero(nn.Linear(k, c)) for c in cfg.decoder_channels[1:]) if k else None
+        # growing: the old model's colour layer at half resolution, upsampled, fades out
+        self.fade_rgb = nn.Conv2d(cfg.decoder_channels[-2], 3, 3, padding=1) if cfg.fade_from else None
+        self.register_buffer("fade", torch.tensor(0.0 if cfg.fade_from else 1.0), persistent=bool(cfg.fade_from))
 
     def forward(self, z: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
         h = self.fc(z)
         if self.cond_fc is not None and a is not None:
             h = h + self.cond_fc(a)
         x = self.fc_act(h).view(-1, self.cfg.decoder_channels[0], 4, 4)  # (N, C0, 4, 4)
+        half = x
         for i, block in enumerate(self.blocks):
+            half = x
             x = block(x)
             if self.cond_blocks is not None and a is not None:
                 x = x + self.cond_blocks[i](a)[:, :, None, None]
-        return torch.tanh(self.to_rgb(x))
+        out = torch.tanh(self.to_rgb(x))
+        if self.fade_rgb is not None and float(self.fade) < 1:
+            old = F.interpolate(torch.tanh(self.fade_rgb(half)), scale_factor=2, mode="bilinear", align_corners=False)
+            out = self.fade * out + (1 - self.fade) * old
+        return out
 
 
 def _zero(layer: nn.Linear) -> nn.Linear:
@@ -162,6 +179,8 @@ class Encoder(nn.Module):
     """image (N, 3, R, R) -> (mu, logvar), each (N, latent_dim), and for a conditioned model the
     photo's attribute logits (N, K): where a slider on the decoder's input starts."""
 
+    fade: torch.Tensor  # growing: the new stage's weight (a buffer)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         ch = cfg.encoder_channels
@@ -170,9 +189,15 @@ class Encoder(nn.Module):
         self.head = nn.Linear(ch[-1] * 16, 2 * cfg.latent_dim)
         k = len(cfg.attributes)
         self.read_attributes = nn.Linear(ch[-1] * 16, k) if k else None
+        # growing: the old model's first layer, on the image at half resolution, fades out
+        self.fade_stem = nn.Sequential(nn.Conv2d(3, ch[1], 3, padding=1), _act()) if cfg.fade_from else None
+        self.register_buffer("fade", torch.tensor(0.0 if cfg.fade_from else 1.0), persistent=bool(cfg.fade_from))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        h = self.down(self.stem(x)).flatten(1)  # (N, C * 4 * 4)
+        h = self.down[0](self.stem(x))  # (N, C1, R / 2, R / 2)
+        if self.fade_stem is not None and float(self.fade) < 1:
+            h = self.fade * h + (1 - self.fade) * self.fade_stem(F.avg_pool2d(x, 2))
+        h = self.down[1:](h).flatten(1)  # (N, C * 4 * 4)
         mu, logvar = self.head(h).chunk(2, dim=1)
         attrs = self.read_attributes(h) if self.read_attributes is not None else None
         return mu, logvar.clamp(-12, 6), attrs

@@ -69,6 +69,7 @@ class TrainOptions:
     export_every: int = 2000
     resume: bool = False
     init_from: str = ""  # a model folder to start from (its encoder and decoder; new layers start at zero)
+    fade_steps: int = 2000  # a model grown to twice the resolution fades its new layers in over these steps
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "model": self.model.to_dict()}
@@ -134,8 +135,12 @@ class Trainer:
 
     def grow_from(self, folder: Path) -> None:
         """Start from a shipped model: every tensor of the same name and shape is taken; what
-        the new network adds (the attribute input) keeps its initial zeros."""
+        the new network adds (the attribute input) keeps its initial zeros. A model of half this
+        resolution (``ModelConfig.fade_from``) gives its layers to the same layers one step
+        deeper, and its colour and first layers to the fading paths."""
         source = checkpoint.read_tensors(folder / checkpoint.WEIGHTS_NAME)
+        if self.cfg.fade_from:
+            source = {_grown_name(k): v for k, v in source.items()}
         own = self.model.state_dict()
         taken = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
         if not taken:
@@ -197,10 +202,18 @@ class Trainer:
         b = a[perm]
         return torch.where(b != 0, b, a)
 
+    def set_fade(self, step: int) -> float:
+        """A grown model's new layers: weight 0 at the start, 1 after ``fade_steps``."""
+        alpha = min(1.0, step / max(1, self.opts.fade_steps)) if self.cfg.fade_from else 1.0
+        for m in (self.model.encoder, self.model.decoder):
+            m.fade.fill_(alpha)
+        return alpha
+
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
         o = self.opts
         x, a = batch
         n = x.shape[0]
+        fade = self.set_fade(self.step)
         conditioned = bool(self.cfg.attributes)
         lr = self.learning_rate(self.step)
         for opt in (self.opt_g, self.opt_d):
@@ -264,6 +277,8 @@ class Trainer:
                 be.copy_(bm)
             acc = (logits_d.argmax(1) == target).float().mean()
         vals.update({"pix": pix, "feat": feat, "kl": kl, "adv": adv, "d": loss_d, "d_acc": acc})
+        if self.cfg.fade_from:
+            vals["fade"] = torch.tensor(fade)
         return {k: float(v.detach()) for k, v in vals.items()}
 
     # ---- state --------------------------------------------------------------------
@@ -404,6 +419,18 @@ class Trainer:
             log.close()
         if self.world > 1:
             dist.destroy_process_group()
+
+
+def _grown_name(key: str) -> str:
+    """Where a half-resolution model's tensor goes in the network grown from it."""
+    if key.startswith("decoder.to_rgb."):
+        return "decoder.fade_rgb." + key[len("decoder.to_rgb."):]
+    if key.startswith("encoder.stem."):
+        return "encoder.fade_stem." + key[len("encoder.stem."):]
+    if key.startswith("encoder.down."):
+        i, rest = key[len("encoder.down."):].split(".", 1)
+        return f"encoder.down.{int(i) + 1}.{rest}"
+    return key
 
 
 def _masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
