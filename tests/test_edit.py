@@ -113,3 +113,25 @@ def test_written_out_adam_matches_torch_adam() -> None:
         paint_loss(model.decoder(ref), paint, alpha).backward()
         adam.step()
     assert torch.allclose(ours.z.detach(), ref.detach(), atol=1e-6)
+
+
+def test_npe_eval_reports_brush_colour_in_cielab_on_the_exported_photo(tiny_model_dir, tmp_path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from engine.tools.cli import main
+    from engine.tools.evaluate import STROKES, _lab
+    from tests.test_train import make_cache
+
+    white, green = _lab(np.array([255, 255, 255])), _lab(np.array([0, 160, 0]))
+    assert abs(white[0] - 100) < 0.5
+    assert abs(white[1]) < 0.5
+    assert green[1] < -40  # green is negative a*
+    data = make_cache(tmp_path / "data", n=40, size=32)
+    assert main(["eval", "--data", str(data), "--weights", str(tiny_model_dir), "--device", "cpu", "--n", "6",
+                 "--brush-n", "3", "--grid", str(tmp_path / "g.png")]) == 0
+    report = json.loads(capsys.readouterr().out)["brush_export_lab"]
+    assert set(report) == {s.name for s in STROKES}
+    for figures in report.values():
+        assert figures["delta_e_before"] > 0
+        assert all(np.isfinite(v) for v in figures.values())

@@ -10,6 +10,12 @@ exactly as the editor does, one latent update per mouse sample):
                                  distance of the shown painted pixels to the paint colour
     outside_change               mean |shown - photo| (0..1) outside the stroke dilated by
                                  two brush radii
+    brush_export_lab             the same strokes on each face enlarged 4x and exported at that
+                                 size (paste-back keeps the photo's detail, so the exported colour
+                                 is not the crop's): per stroke, CIELAB distance to the paint
+                                 before and after (Delta E 1976) and the mean signed residual
+                                 L*, a*, b* (export - paint): a colour cast shows as a biased
+                                 a* (negative: green) or b* (negative: blue)
 """
 
 from __future__ import annotations
@@ -119,11 +125,7 @@ def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = No
             s = EditSession(loaded, photo, whole_image_face(res, res), engine.device,  # type: ignore[attr-defined]
                             rule=rule or BrushRule(), mask=mask or MaskSettings())
             radius = spec.radius * res
-            pts = np.array(spec.points) * res - 0.5
-            # resample the polyline into EVENTS_PER_STROKE mouse samples
-            seg = np.cumsum(np.r_[0, np.hypot(*np.diff(pts, axis=0).T)])
-            ts = np.linspace(0, seg[-1], EVENTS_PER_STROKE)
-            samples = np.stack([np.interp(ts, seg, pts[:, 0]), np.interp(ts, seg, pts[:, 1])], 1)
+            samples = _stroke_samples(spec, res)
             t0 = time.perf_counter()
             s.brush_begin(spec.color, radius)
             for p in samples:
@@ -148,6 +150,56 @@ def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = No
         "brush_rule": (rule or BrushRule()).kind,
         "brush_ms_per_event": round(float(np.median(ms)), 2),
     }
+
+
+def _stroke_samples(spec: StrokeSpec, size: float) -> np.ndarray:
+    """The stroke's polyline in pixels of a square of ``size``, resampled to EVENTS_PER_STROKE samples."""
+    pts = np.array(spec.points) * size - 0.5
+    seg = np.cumsum(np.r_[0, np.hypot(*np.diff(pts, axis=0).T)])
+    ts = np.linspace(0, seg[-1], EVENTS_PER_STROKE)
+    return np.stack([np.interp(ts, seg, pts[:, 0]), np.interp(ts, seg, pts[:, 1])], 1)
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    """uint8 or 0..255 float RGB (..., 3) -> CIELAB (..., 3)."""
+    a = np.asarray(rgb, np.float32).reshape(-1, 1, 3) / 255.0
+    return cv2.cvtColor(a, cv2.COLOR_RGB2Lab).reshape(np.shape(rgb))
+
+
+def export_lab_metrics(engine: Engine, crops: np.ndarray, scale: int = 4) -> dict[str, dict[str, float]]:
+    """``STROKES`` on each crop enlarged ``scale`` times, measured in CIELAB on the exported photo
+    under the stroke (its centre line widened to 0.8 of the brush radius)."""
+    res = engine.loaded.config.resolution
+    size = res * scale
+    rows: dict[str, list[list[float]]] = {s.name: [] for s in STROKES}
+    for crop in crops:
+        big = cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
+        photo = Photo(pixels=big, name="eval")
+        for spec in STROKES:
+            s = EditSession(engine.loaded, photo, whole_image_face(size, size), engine.device, engine.attributes)
+            samples = _stroke_samples(spec, size)
+            s.brush_begin(spec.color, spec.radius * size)
+            for p in samples:
+                s.brush_to([(float(p[0]), float(p[1]))])
+            s.brush_end()
+            exported = s.composite()
+            under = np.zeros((size, size), np.uint8)
+            cv2.polylines(under, [np.round(samples).astype(np.int32)], False, 1,
+                          thickness=max(1, int(round(1.6 * spec.radius * size))))
+            inside = under.astype(bool)
+            paint = _lab(np.array(spec.color, np.float32))
+            before = _lab(big[inside]) - paint
+            after = _lab(exported[inside]) - paint
+            rows[spec.name].append([float(np.linalg.norm(before, axis=1).mean()),
+                                    float(np.linalg.norm(after, axis=1).mean()), *after.mean(0).tolist()])
+    out = {}
+    for name, vals in rows.items():
+        m = np.mean(vals, 0)
+        out[name] = {"delta_e_before": round(float(m[0]), 2), "delta_e_after": round(float(m[1]), 2),
+                     "reduction": round(float(1 - m[1] / max(m[0], 1e-6)), 4),
+                     "residual_L": round(float(m[2]), 2), "residual_a": round(float(m[3]), 2),
+                     "residual_b": round(float(m[4]), 2)}
+    return out
 
 
 def load_eval_crops(data: Path, resolution: int, n: int, refiner: EyeRefiner | None = None
@@ -230,6 +282,7 @@ def evaluate(opts: EvalOptions) -> dict[str, object]:
     n_brush = min(len(crops), opts.brush_n)
     rule = BrushRule(opts.rule)
     out.update(brush_metrics(engine, crops[:n_brush], rule))
+    out["brush_export_lab"] = export_lab_metrics(engine, crops[:max(1, n_brush // 3)])
     out["brush_n"] = n_brush
     grid = Path(opts.grid)
     write_grid(model, crops, grid, engine.loaded.config.latent_dim)
