@@ -229,6 +229,9 @@ def test_sessions_saved_before_the_mode_was_recorded_still_open(engine, face_pho
     import json
     import zipfile
 
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
     from engine.core.document import load_session, save_session
 
     s = _session(engine, face_photo)
@@ -236,13 +239,15 @@ def test_sessions_saved_before_the_mode_was_recorded_still_open(engine, face_pho
     s.commit()
     path = tmp_path / "v2.npe"
     save_session(s, path, [], 0)
-    with zipfile.ZipFile(path) as z:  # rewrite it as version 1 wrote it: no mode per step
+    with zipfile.ZipFile(path) as z:  # rewrite it as version 1 wrote it: one face, no mode per step
         files = {n: z.read(n) for n in z.namelist()}
     meta = json.loads(files["session.json"])
-    meta["format_version"] = 1
-    for h in meta["history"]:
-        del h["hold"]
+    (edit,) = meta.pop("edits")
+    meta.update(format_version=1, faces=[edit["face_box"]], face_index=0, position=edit["position"],
+                history=[{"sliders": h["sliders"]} for h in edit["history"]])
     files["session.json"] = json.dumps(meta).encode()
+    tensors = st_load(files["latents.safetensors"])
+    files["latents.safetensors"] = st_save({k.removeprefix("edit0."): v for k, v in tensors.items()})
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for n, data in files.items():

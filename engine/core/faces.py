@@ -35,9 +35,14 @@ class Face:
     def transform(self, size: int) -> np.ndarray:
         return align.eyes_to_crop(self.eyes, size)
 
-    def to_dict(self) -> dict[str, object]:
-        return {"eyes": np.round(self.eyes, 2).tolist(), "box": np.round(self.box, 2).tolist(),
-                "score": round(float(self.score), 3), "eyes_found": self.eyes_found, "manual": self.manual}
+    def to_dict(self, digits: int | None = 2) -> dict[str, object]:
+        """As JSON: rounded for reading (``digits``), or exact (None, for session files: the
+        alignment, and so the edited pixels, must come back the same)."""
+        eyes, box = self.eyes, self.box
+        if digits is not None:
+            eyes, box = np.round(eyes, digits), np.round(box, digits)
+        return {"eyes": eyes.tolist(), "box": box.tolist(), "score": round(float(self.score), 3),
+                "eyes_found": self.eyes_found, "manual": self.manual}
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> Face:

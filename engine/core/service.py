@@ -32,7 +32,7 @@ from engine.core import requests as rq
 from engine.core.attributes import SliderKind
 from engine.core.checkpoint import ModelError
 from engine.core.device import failure_note, is_device_failure
-from engine.core.document import load_session, save_session
+from engine.core.document import Document, load_document, save_document
 from engine.core.edit import render_shift
 from engine.core.faces import Face, face_from_rect
 from engine.core.images import ImageError, save_image, to_uint8
@@ -58,14 +58,12 @@ class EditService:
     def __init__(self, engine: Engine, emit: Emit) -> None:
         self.engine = engine
         self.emit = emit
-        self.session: EditSession | None = None
-        self.faces: list[Face] = []
-        self.face_index = 0
+        self.document: Document | None = None
         self.generation = 0
         self.view = rq.View()
         self._display: tuple[float, np.ndarray] | None = None  # (scale, the photo resized to the view)
         self._stroke_preview: CropRender | None = None  # the last brush step's picture, for the next frame
-        self._autosaved: tuple[int, ...] | None = None
+        self._autosaved: tuple[tuple[int, ...], ...] | None = None
         self.handlers: dict[type[rq.Request], Callable[[Any], bool]] = {
             rq.View: self._set_view,
             rq.OpenPhoto: self._open_photo,
@@ -120,12 +118,25 @@ class EditService:
         cpu = torch.device("cpu")
         self.engine.loaded.model.to(cpu)
         self.engine.device = cpu
-        if self.session is not None:
-            self.session.to(cpu)
+        if self.document is not None:
+            self.document.to(cpu)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         self.emit(rq.Failed(0, failure_note(error), "Device"))
         self.emit(self.ready())
+
+    @property
+    def session(self) -> EditSession | None:
+        """The session of the face being edited."""
+        return self.document.current if self.document is not None else None
+
+    @property
+    def faces(self) -> list[Face]:
+        return self.document.faces if self.document is not None else []
+
+    @property
+    def face_index(self) -> int:
+        return self.document.face_index if self.document is not None else 0
 
     def ready(self) -> rq.Ready:
         return rq.Ready(self.engine.describe(), self.engine.attributes.sliders())
@@ -142,14 +153,13 @@ class EditService:
         self.view = req
         return True
 
-    def _install(self, session: EditSession, faces: list[Face], face_index: int) -> None:
-        self.session = session
-        self.faces = list(faces)
-        self.face_index = face_index
+    def _install(self, document: Document) -> None:
+        self.document = document
         self._display = None
         self._autosaved = None
 
-    def _opened(self, req: rq.OpenPhoto | rq.OpenSession, s: EditSession, ms: float) -> bool:
+    def _opened(self, req: rq.OpenPhoto | rq.OpenSession, ms: float) -> bool:
+        s = self._need_session()
         self.emit(rq.Opened(req.id, req.generation, s.photo.name, req.path, s.photo.size,
                             tuple(face_info(f) for f in self.faces), self.face_index, not self.faces, ms))
         self.emit_thumbnails()
@@ -159,33 +169,32 @@ class EditService:
         self.emit(rq.Progress(req.id, f"opening {Path(req.path).name}..."))
         t0 = time.perf_counter()
         session, faces = open_session(self.engine, req.path, req.face)
-        self._install(session, faces, req.face or 0)
-        return self._opened(req, session, (time.perf_counter() - t0) * 1000)
+        self._install(Document.of(session, faces, req.face or 0))
+        return self._opened(req, (time.perf_counter() - t0) * 1000)
 
     def _open_session(self, req: rq.OpenSession) -> bool:
         t0 = time.perf_counter()
-        session, faces, face_index = load_session(self.engine, req.path)
-        self._install(session, faces, face_index)
-        return self._opened(req, session, (time.perf_counter() - t0) * 1000)
+        self._install(load_document(self.engine, req.path))
+        return self._opened(req, (time.perf_counter() - t0) * 1000)
+
+    def _need_document(self) -> Document:
+        if self.document is None:
+            raise ValueError("no photo is open")
+        return self.document
 
     def _choose_face(self, req: rq.ChooseFace) -> bool:
-        s = self._need_session()
-        if not 0 <= req.index < len(self.faces):
-            raise ValueError(f"there is no face {req.index}")
-        self.face_index = req.index
-        s.set_face(self.faces[req.index])
+        """Edit another face; the edits of the faces before stay (in the picture and in exports)."""
+        self._need_document().choose(req.index)
         self.emit_thumbnails()
         return True
 
     def _place_face(self, req: rq.PlaceFace) -> bool:
-        s = self._need_session()
+        doc = self._need_document()
         x0, y0, x1, y1 = req.rect
         if min(abs(x1 - x0), abs(y1 - y0)) < 8:
             raise ValueError("the face box is too small: drag a box around the whole face")
-        face = face_from_rect(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-        self.faces.append(face)
-        self.face_index = len(self.faces) - 1
-        s.set_face(face)
+        doc.add_face(face_from_rect(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+        self.emit_thumbnails()
         return True
 
     # ---- edits -------------------------------------------------------------------------------
@@ -238,27 +247,30 @@ class EditService:
         s = self._need_session()
         t0 = time.perf_counter()
         self.emit(rq.Progress(req.id, f"exporting {Path(req.path).name}..."))
-        save_image(req.path, s.composite(), quality=req.quality, photo=s.photo)
+        save_image(req.path, self._need_document().composite(), quality=req.quality, photo=s.photo)
         self.emit(rq.Done(req.id, f"exported {Path(req.path).name} "
                                   f"({s.photo.size[0]}x{s.photo.size[1]}, {time.perf_counter() - t0:.1f} s)", req.path))
         return False
 
     def _save_session(self, req: rq.SaveSession) -> bool:
-        save_session(self._need_session(), req.path, self.faces, self.face_index)
+        save_document(self._need_document(), req.path)
         self.emit(rq.Done(req.id, f"saved session {Path(req.path).name}", req.path))
         return False
 
     def autosave(self, path: Path) -> bool:
         """Write the document to ``path`` when it changed since the last autosave (never
         mid-stroke, never a document with nothing done yet). Returns whether it wrote."""
-        s = self.session
-        if s is None or len(s.history) < 2 or s.stroke is not None:
+        doc = self.document
+        if doc is None or doc.current.stroke is not None:
             return False
-        key = (id(s), s.position, len(s.history), id(s.history[s.position]))
+        sessions = [s for s in doc.sessions.values() if len(s.history) > 1]
+        if not sessions:
+            return False  # nothing done yet beyond the photo itself
+        key = tuple((id(s), s.position, len(s.history), id(s.history[s.position])) for s in sessions)
         if key == self._autosaved:
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_session(s, path, self.faces, self.face_index)
+        save_document(doc, path)
         self._autosaved = key
         return True
 
@@ -279,9 +291,9 @@ class EditService:
         return self._display
 
     def edited_view(self, result: CropRender) -> np.ndarray:
-        """The photo with the edit, as exported (at the view's scale)."""
+        """The photo with every face's edits, as exported (at the view's scale)."""
         scale, base = self.display_photo()
-        return self._need_session().composite(base, scale, result)
+        return self._need_document().composite(base, scale, result)
 
     def raw_view(self, result: CropRender) -> np.ndarray:
         """The decoder's output over the whole crop, no blend mask."""
@@ -310,7 +322,8 @@ class EditService:
         return rq.Frame(
             id=last_id, generation=self.generation, image=image, scale=scale, photo_size=s.photo.size,
             latent=s.latent_grid(), sliders=s.sliders, hold=s.hold, can_undo=s.can_undo, can_redo=s.can_redo,
-            edited=s.edited, faces=tuple(face_info(f) for f in self.faces), face_index=self.face_index,
+            edited=self._need_document().edited, faces=tuple(face_info(f) for f in self.faces),
+            face_index=self.face_index,
             mode=self.view.mode, ms=(time.perf_counter() - t0) * 1000, name=s.photo.name, work=work)
 
     def slider_strips(self) -> dict[str, np.ndarray]:
