@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,3 +168,16 @@ def brush_moves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(EditSession, "brush_to", counted)
     return moves
+
+
+@pytest.fixture
+def model_with_a_failed_slider(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """The tiny model, with its eyeglasses slider marked as failing the judge."""
+    d = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, d)
+    doc = json.loads((d / "attributes.json").read_text())
+    for a in doc["attributes"]:
+        if a["name"] == "eyeglasses":
+            a["quality"] = "hidden"
+    (d / "attributes.json").write_text(json.dumps(doc))
+    return d

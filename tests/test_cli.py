@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,19 +152,6 @@ def test_edit_help_lists_the_attributes_and_their_range(tiny_model_dir: Path,
     assert "VALUE from -2 to +2" in text
     assert re.search(r"^  smiling +Smiling$", text, re.M)
     assert re.search(r"^  eyeglasses +Eyeglasses  \(weak\)$", text, re.M)
-
-
-@pytest.fixture
-def model_with_a_failed_slider(tiny_model_dir: Path, tmp_path: Path) -> Path:
-    """The tiny model, with its eyeglasses slider marked as failing the judge."""
-    d = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, d)
-    doc = json.loads((d / "attributes.json").read_text())
-    for a in doc["attributes"]:
-        if a["name"] == "eyeglasses":
-            a["quality"] = "hidden"
-    (d / "attributes.json").write_text(json.dumps(doc))
-    return d
 
 
 def test_a_failed_slider_needs_asking_for_and_warns(model_with_a_failed_slider: Path, face_photo: Path,

@@ -94,3 +94,12 @@ def test_npe_attributes_gives_a_conditioned_model_sliders_on_its_input(tiny_cond
                      "male": (SliderKind.DIRECTION, -1)}
     report = json.loads((model / "attributes.json").read_text())["evaluation"]
     assert {"smiling", "eyeglasses", "male"} <= set(report)  # every slider judged, whatever it moves
+
+
+def test_npe_info_names_each_sliders_judged_quality(model_with_a_failed_slider: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--weights", str(model_with_a_failed_slider)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["resolution"] == 32
+    assert {s["name"]: s["quality"] for s in info["sliders"]} == {
+        "smiling": "good", "eyeglasses": "failing", "pc1": "good"}

@@ -17,6 +17,11 @@ from engine.core.model_folder import ModelFolder
 from engine.core.session import EditSession
 
 
+def _judged(quality: str) -> str:
+    """How `npe info` names a slider's judged quality: good, weak or failing (hidden in the editor)."""
+    return "failing" if quality == "hidden" else quality
+
+
 class NoFaceError(Exception):
     """No face was found; the message is for the user."""
 
@@ -47,8 +52,8 @@ class Engine:
             "device": str(self.device),
             "model_id": self.loaded.model_id,
             **self.folder.describe(),
-            "sliders": [{"name": a.name, "label": a.label, "kind": a.kind.value, "quality": a.quality_in(True),
-                         "quality_with_correlated_attributes_free": a.quality_in(False)}
+            "sliders": [{"name": a.name, "label": a.label, "kind": a.kind.value, "quality": _judged(a.quality_in(True)),
+                         "quality_with_correlated_attributes_free": _judged(a.quality_in(False))}
                         for a in self.attributes.attributes],
             "attributes": [a.name for a in self.attributes.of_kind(SliderKind.DIRECTION)],
             "latent_directions": [a.name for a in self.attributes.of_kind(SliderKind.PRINCIPAL)],
