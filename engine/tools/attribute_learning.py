@@ -294,7 +294,10 @@ def learn_attributes(args: AttributeOptions) -> dict[str, object]:
     conditioned = engine.loaded.config.attributes
     for name, (label, col, sign) in SLIDERS.items():
         if col in conditioned:  # the decoder takes this attribute: the slider sets its input
-            attrs.append(Attribute(name, label, float(sign), kind=SliderKind.CONDITION,
+            # one step = from absent (-1) to present (+1), as one step of a latent slider is from the
+            # average face without the attribute to the average face with it (measured: with a step
+            # of 1, +1 left a face without the attribute near 0, "unknown", and the judge saw little)
+            attrs.append(Attribute(name, label, 2.0 * sign, kind=SliderKind.CONDITION,
                                    condition=conditioned.index(col), note="the decoder's attribute input"))
             vectors.append(np.zeros(latents.shape[1], np.float32))
             continue
