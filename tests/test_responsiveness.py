@@ -36,3 +36,27 @@ def test_a_long_stroke_keeps_the_window_responsive(qtbot, which: str, tiny_model
     # every sample reached the engine, merged into fewer updates when the engine lagged
     assert sum(brush_moves) == SAMPLES
     assert 0 < len(brush_moves) <= SAMPLES
+
+
+def test_npe_bench_window_prints_the_figures(qtbot, tiny_model_dir: Path, face_photo: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`npe bench --window` goes to the editor's bench (the tools cannot import the editor)."""
+    import json
+
+    from editor.launch import main
+
+    assert main(["bench", "--window", "--weights", str(tiny_model_dir), "--device", "cpu",
+                 "--photo", str(face_photo), "--samples", "30"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["samples"] == 30
+    assert figures["max_event_loop_block_ms"] > 0
+    assert figures["model"] == "tiny-test"
+
+
+def test_npe_sends_tool_commands_to_the_tools(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from editor.launch import main
+
+    assert main(["info", "--weights", str(tiny_model_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["model_id"] == "tiny-test"
