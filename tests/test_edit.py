@@ -135,3 +135,32 @@ def test_npe_eval_reports_brush_colour_in_cielab_on_the_exported_photo(tiny_mode
     for figures in report.values():
         assert figures["delta_e_before"] > 0
         assert all(np.isfinite(v) for v in figures.values())
+
+
+def test_npe_eval_measures_edits_on_whole_photos(tiny_model_dir, tmp_path, astronaut,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Texture ratio and background change on photos at their own size (issue 13's figures)."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from engine.tools.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(astronaut).save(photos / "portrait.png")
+    Image.new("RGB", (200, 200), (90, 90, 90)).save(photos / "no-face.png")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    doc = json.loads((model / "attributes.json").read_text())
+    doc["attributes"][1]["name"] = "blond_hair"  # the tiny model's second slider stands in for a hair colour
+    (model / "attributes.json").write_text(json.dumps(doc))
+    assert main(["eval", "--photo-edits", "--data", str(photos), "--weights", str(model), "--device", "cpu"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["photos"] == 1
+    assert figures["skipped_no_face"] == 1
+    assert figures["median_size"] == [512, 512]
+    assert figures["sliders"] == ["blond_hair"]
+    assert figures["fringe_texture_ratio"] > 0
+    assert figures["slider_background_change_255"] >= 0
