@@ -95,17 +95,17 @@ def test_edit_matches_the_gui_engine_path(tiny_model_dir: Path, face_photo: Path
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["edit", "missing.jpg", "-o", "x.png"], "does not exist"),
-    (["edit", "{photo}", "-o", "x.png", "--attr", "smiling=100"],
+    (["edit", "missing.jpg", "-o", "{out}/x.png"], "does not exist"),
+    (["edit", "{photo}", "-o", "{out}/x.png", "--attr", "smiling=100"],
      r"smiling=100 is outside the slider's range, -2 to \+2"),
-    (["edit", "{photo}", "-o", "x.png", "--attr", "smiling=-2.5"], r"outside the slider's range, -2 to \+2"),
-    (["edit", "{photo}", "-o", "x.png", "--attr", "smiling=big"], "'big' is not a number"),
+    (["edit", "{photo}", "-o", "{out}/x.png", "--attr", "smiling=-2.5"], r"outside the slider's range, -2 to \+2"),
+    (["edit", "{photo}", "-o", "{out}/x.png", "--attr", "smiling=big"], "'big' is not a number"),
     (["edit", "{photo}", "-o", "{out}/no/such/folder/x.png"], r"the folder \S+/no/such/folder does not exist"),
-    (["edit", "{photo}", "-o", "x.png", "--face", "3"], "there is no face 3: no face was found"),
+    (["edit", "{photo}", "-o", "{out}/x.png", "--face", "3"], "there is no face 3: no face was found"),
     (["edit", "{photo}", "-o", "{out}/x.png", "--stroke", "#000000:5:5000,5000;5100,5000"],
      "stroke 1: the stroke lies entirely outside the photo"),
-    (["edit", "{photo}", "-o", "x.png", "--stroke", "nonsense"], "bad --stroke"),
-    (["edit", "{photo}", "-o", "x.png", "--attr", "nope=1"], "unknown attribute"),
+    (["edit", "{photo}", "-o", "{out}/x.png", "--stroke", "nonsense"], "bad --stroke"),
+    (["edit", "{photo}", "-o", "{out}/x.png", "--attr", "nope=1"], "unknown attribute"),
     (["edit", "{photo}", "-o", "{out}/x.gif"], "export as"),
     (["info", "--device", "cuda:7"], "no CUDA|CUDA"),
 ])
