@@ -107,7 +107,7 @@ class Document:
         base = self.photo.pixels if pixels is None else pixels
         below = self.others(below=True)
         if below:
-            key = (id(base), base.shape, scale, tuple((id(s), s.position, id(s.history[s.position])) for s in below))
+            key = (id(base), base.shape, scale, tuple(s.version for s in below))
             if self._below is None or self._below[0] != key:
                 layered = base
                 for s in below:

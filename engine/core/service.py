@@ -142,9 +142,7 @@ class EditService:
         return rq.Ready(self.engine.describe(), self.engine.attributes.sliders())
 
     def _need_session(self) -> EditSession:
-        if self.session is None:
-            raise ValueError("no photo is open")
-        return self.session
+        return self._need_document().current
 
     # ---- the document --------------------------------------------------------------------
     def _set_view(self, req: rq.View) -> bool:
@@ -266,7 +264,7 @@ class EditService:
         sessions = [s for s in doc.sessions.values() if len(s.history) > 1]
         if not sessions:
             return False  # nothing done yet beyond the photo itself
-        key = tuple((id(s), s.position, len(s.history), id(s.history[s.position])) for s in sessions)
+        key = tuple(s.version for s in sessions)
         if key == self._autosaved:
             return False
         path.parent.mkdir(parents=True, exist_ok=True)

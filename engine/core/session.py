@@ -118,6 +118,7 @@ class EditSession:
         for name in ("x", "recon0", "z0", "z_base"):
             setattr(self, name, getattr(self, name).to(self.device))
         self._plain = None
+        self._offset = None
         if self.stroke is not None:  # the optimiser restarts from the current latent
             old = self.stroke.optimizer
             self.stroke.optimizer = BrushOptimizer(self.z, old.rule, old.radius_px, old.keep_image.to(self.device))
@@ -130,8 +131,7 @@ class EditSession:
     # ---- latent --------------------------------------------------------------------
     def slider_offset(self) -> torch.Tensor:
         """The sliders' move of the latent, (1, D); computed again only when they or the mode change."""
-        if self._offset is None or self._offset[:2] != (self.sliders, self.hold) or \
-                self._offset[2].device != self.device:
+        if self._offset is None or self._offset[:2] != (self.sliders, self.hold):
             offset = self.attributes.offset(self.sliders, self.hold).to(self.device).view(1, -1)
             self._offset = (self.sliders, self.hold, offset)
         return self._offset[2]
@@ -165,6 +165,11 @@ class EditSession:
         self.sliders = snap.sliders
         self.hold = snap.hold
         self._render = None
+
+    @property
+    def version(self) -> tuple[int, ...]:
+        """Changes whenever the undo history or the position in it does (for caches and autosave)."""
+        return (id(self), self.position, len(self.history), id(self.history[self.position]))
 
     def commit(self) -> bool:
         """Record the current state as one undo step (if it changed). Returns whether it did."""
@@ -326,6 +331,15 @@ class EditSession:
         self.stroke = None
         self._render = None
         return self.commit()
+
+    def paint(self, color_rgb: tuple[int, int, int], radius_photo: float, points: list[tuple[float, float]],
+              strength: float = 1.0) -> bool:
+        """A whole stroke, one latent step per point as the mouse gives them (the command line and
+        the evaluations replay strokes this way). Returns whether anything changed."""
+        self.brush_begin(color_rgb, radius_photo, strength)
+        for p in points:
+            self.brush_to([p])
+        return self.brush_end()
 
     def cancel_stroke(self) -> None:
         if self.stroke is not None:

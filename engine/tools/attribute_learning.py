@@ -370,7 +370,7 @@ def evaluate_attributes(args: EvalOptions) -> dict[str, object]:
     grid = Path(args.grid)
     write_attribute_grid(engine, test, grid)
     return {"n": min(args.n, len(test)), "attributes": report,
-            "quality": {a.name: a.quality for a in engine.attributes.attributes if a.kind is SliderKind.DIRECTION},
+            "quality": {a.name: a.quality for a in engine.attributes.attributes if a.kind is not SliderKind.PRINCIPAL},
             "grid": str(grid)}
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from engine.core import align
-from engine.core.attributes import NAMES_FILE, SLIDER_RANGE, AttributeSet
-from engine.core.checkpoint import ModelError
+from engine.core.attributes import SLIDER_RANGE, AttributeSet
+from engine.core.checkpoint import ModelError, read_config
 from engine.core.images import ImageError, check_output_path, load_photo, save_image
 from engine.core.model import ModelConfig
 from engine.core.model_folder import ModelFolder
@@ -104,20 +104,22 @@ def check_attrs(attributes: AttributeSet, attrs: dict[str, float], allow_failed:
 
 def attribute_help(model_dir: Path | None = None) -> str:
     """The epilog of ``npe edit --help``: the model's sliders, their range and judged quality."""
-    d = ModelFolder.find(model_dir).path
+    folder = ModelFolder.find(model_dir)
+    d = folder.path
     try:
-        rows = json.loads((d / NAMES_FILE).read_text(encoding="utf-8"))["attributes"]
-    except (OSError, ValueError, KeyError, TypeError):
+        latent_dim = int(read_config(d)["model"]["latent_dim"])  # type: ignore[index]
+        attributes = folder.load_attributes(latent_dim)
+    except (ModelError, KeyError, TypeError, ValueError):
         return f"(no attribute list could be read from {d})"
     quality = {"good": "", "weak": "weak", "hidden": "failed the judge: needs --allow-failed"}
     lines = [f"attributes of the model in {d} (--attr NAME=VALUE, VALUE from {-SLIDER_RANGE:g} to "
              f"+{SLIDER_RANGE:g}; 0 leaves the photo as it is; judged good unless marked):"]
-    for a in rows:
-        q = quality.get(a.get("quality", "good"), a.get("quality", ""))
-        free = a.get("quality_independent") or a.get("quality", "good")
-        extra = f"; with --independent: {quality.get(free) or 'good'}" if free != a.get("quality", "good") else ""
+    for a in attributes.attributes:
+        held, free = a.quality_in(True), a.quality_in(False)
+        q = quality.get(held, held)
+        extra = f"; with --independent: {quality.get(free, free) or 'good'}" if free != held else ""
         note = f"  ({q}{extra})" if q or extra else ""
-        lines.append(f"  {a['name']:<22} {a.get('label', a['name'])}{note}")
+        lines.append(f"  {a.name:<22} {a.label}{note}")
     return "\n".join(lines)
 
 
@@ -146,11 +148,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
         session.set_sliders(attrs)
         session.commit()
     for i, (rgb, radius, points) in enumerate(strokes, 1):
-        session.brush_begin(rgb, radius, args.strength)
-        for p in points:
-            session.brush_to([p])
         try:
-            session.brush_end()
+            session.paint(rgb, radius, points, args.strength)
         except StrokeMissedError as e:
             raise UsageError(f"stroke {i}: {e}; no file was written") from None
     out = Path(args.output)

@@ -178,10 +178,7 @@ def export_lab_metrics(engine: Engine, crops: np.ndarray, scale: int = 4) -> dic
         for spec in STROKES:
             s = EditSession(engine.loaded, photo, whole_image_face(size, size), engine.device, engine.attributes)
             samples = _stroke_samples(spec, size)
-            s.brush_begin(spec.color, spec.radius * size)
-            for p in samples:
-                s.brush_to([(float(p[0]), float(p[1]))])
-            s.brush_end()
+            s.paint(spec.color, spec.radius * size, [(float(x), float(y)) for x, y in samples])
             exported = s.composite()
             under = np.zeros((size, size), np.uint8)
             cv2.polylines(under, [np.round(samples).astype(np.int32)], False, 1,
@@ -355,10 +352,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
         t = session.transform
         samples = align.apply(align.invert(t), _stroke_samples(FRINGE, session.resolution))
         radius = FRINGE.radius * session.resolution / align.scale_of(t)
-        session.brush_begin(FRINGE.color, radius)
-        for p in samples:
-            session.brush_to([(float(p[0]), float(p[1]))])
-        session.brush_end()
+        session.paint(FRINGE.color, radius, [(float(x), float(y)) for x, y in samples])
         fringe.append(_texture_ratio(photo.pixels, session.composite()))
         session.reset()
         outside = _outside_head(session)
