@@ -102,7 +102,7 @@ def test_sliders_and_brush_combine(engine, face_photo: Path) -> None:
 
     def expected() -> torch.Tensor:
         with torch.inference_mode():
-            return render(s.x, s.recon0, s.decoder(s.z), s.mask_settings, s.decoder(s.z_base))[0]
+            return render(s.x, s.recon0, s.decoder(s.z), s.mask_settings, s.decoder(s.z_base), s.slider_region())[0]
 
     assert torch.equal(s.render().shown, expected())
     s.undo()

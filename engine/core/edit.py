@@ -238,13 +238,15 @@ def shift_weight(shift: torch.Tensor, settings: MaskSettings = MaskSettings()) -
 
 def render(x: torch.Tensor, recon0: torch.Tensor, generated: torch.Tensor,
            settings: MaskSettings = MaskSettings(),
-           without_sliders: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           without_sliders: torch.Tensor | None = None,
+           region: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The shown crop and where it differs from the photo x.
 
     ``generated`` is G(z); ``without_sliders`` is G(z minus the slider offsets) when any
     slider is set (None otherwise: then it is ``generated``). The brush's change is blended
-    in, y = (1 - M) x + M G(z_brush); the sliders' change is added, y += W S. Returns y
-    (clipped to [-1, 1]) and max(M, W); where that is 0, y equals x exactly.
+    in, y = (1 - M) x + M G(z_brush); the sliders' change is added, y += W S, where ``region``
+    (N or 1, 1, R, R in [0, 1]; None: everywhere) lets it show. Returns y (clipped to
+    [-1, 1]) and max(M, W); where that is 0, y equals x exactly.
     """
     plain = generated if without_sliders is None else without_sliders
     mask = change_mask(plain, recon0, settings)
@@ -252,6 +254,8 @@ def render(x: torch.Tensor, recon0: torch.Tensor, generated: torch.Tensor,
     if without_sliders is not None:
         shift = generated - without_sliders
         weight = shift_weight(shift, settings)
+        if region is not None:
+            weight = weight * region
         y = torch.where(weight > 0, (y + weight * shift).clamp(-1, 1), y)
         mask = torch.maximum(mask, weight)
     return y, mask

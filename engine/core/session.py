@@ -27,6 +27,7 @@ from engine.core.checkpoint import LoadedModel
 from engine.core.edit import BrushOptimizer, BrushRule, MaskSettings, check_latent, render, stamp_segment
 from engine.core.faces import Face
 from engine.core.images import Photo, to_tensor, to_uint8
+from engine.core.regions import find_regions
 
 REFINE_STEPS_ON_RELEASE = 4
 
@@ -90,6 +91,8 @@ class EditSession:
         self.transform = face.transform(self.resolution)
         crop = align.warp_to_crop(self.photo.pixels, self.transform, self.resolution)
         self.x = to_tensor(crop).to(self.device)
+        self.regions = find_regions(self.photo.pixels, self.transform, self.resolution)
+        self._region: tuple[frozenset[str], torch.Tensor] | None = None
         with torch.inference_mode():
             if z0 is None:
                 z = self.model.model.encode(self.x)
@@ -119,6 +122,7 @@ class EditSession:
             setattr(self, name, getattr(self, name).to(self.device))
         self._plain = None
         self._offset = None
+        self._region = None
         if self.stroke is not None:  # the optimiser restarts from the current latent
             old = self.stroke.optimizer
             self.stroke.optimizer = BrushOptimizer(self.z, old.rule, old.radius_px, old.keep_image.to(self.device))
@@ -302,7 +306,7 @@ class EditSession:
         s.losses.append(loss)
         self.z_base = s.optimizer.z.detach() - offset
         # the preview shows the decoder output computed for this step (one step behind)
-        shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain)
+        shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain, self.slider_region())
         self._render = None
         return CropRender(shown, generated, mask)
 
@@ -352,9 +356,20 @@ class EditSession:
             with torch.inference_mode():
                 generated = self.generate(self.z)
                 plain = self._without_sliders() if self.sliders_set else None
-                shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain)
+                shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain, self.slider_region())
             self._render = CropRender(shown, generated, mask)
         return self._render
+
+    def slider_region(self) -> torch.Tensor | None:
+        """(1, 1, R, R): where the set sliders' change may show (the person, or for hair
+        sliders only the hair); None when no slider is set."""
+        if not self.sliders_set:
+            return None
+        names = frozenset(self.sliders.names())
+        if self._region is None or self._region[0] != names:
+            region = torch.from_numpy(self.regions.for_sliders(names)).to(self.device)
+            self._region = (names, region.view(1, 1, *region.shape))
+        return self._region[1]
 
     def _without_sliders(self) -> torch.Tensor:
         """G(z_base), kept while z_base stays the same (as it does while a slider is dragged)."""

@@ -296,6 +296,7 @@ def evaluate(opts: EvalOptions) -> dict[str, object]:
 # clearly background in the canonical framing (the crop's corners beside and above the head).
 FRINGE = StrokeSpec("dark fringe", (35, 25, 20), 0.05, ((0.3, 0.3), (0.5, 0.27), (0.7, 0.3)))
 HEAD_ENVELOPE = ((0.5, 0.5), (0.44, 0.56))  # centre, radii (template fractions)
+INNER_FACE = ((0.5, 0.62), (0.17, 0.2))  # eyes, nose, mouth and cheeks: skin a hair colour must not tint
 
 
 def _laplacian_energy(pixels: np.ndarray) -> np.ndarray:
@@ -311,17 +312,19 @@ def _texture_ratio(before: np.ndarray, after: np.ndarray) -> float:
     return float(_laplacian_energy(after)[changed].mean() / max(1e-6, _laplacian_energy(before)[changed].mean()))
 
 
-def _outside_head(session: EditSession) -> np.ndarray:
-    """(H, W) bool: photo pixels inside the face's crop but outside its head envelope."""
+def _photo_pixels_of(session: EditSession, ellipse: tuple[tuple[float, float], tuple[float, float]],
+                     inside: bool) -> np.ndarray:
+    """(H, W) bool: the photo pixels inside (or, with ``inside=False``, outside but within the
+    face's crop) a template ellipse (centre, radii as fractions of the crop)."""
     h, w = session.photo.pixels.shape[:2]
     r = session.resolution
-    (cx, cy), (rx, ry) = HEAD_ENVELOPE
+    (cx, cy), (rx, ry) = ellipse
     ys, xs = np.mgrid[0:r, 0:r].astype(np.float32)
     u, v = ((xs + 0.5) / r - cx) / rx, ((ys + 0.5) / r - cy) / ry
-    outside = np.zeros((r, r, 3), np.float32)
-    outside[u * u + v * v > 1] = 255.0
+    chosen = np.zeros((r, r, 3), np.float32)
+    chosen[(u * u + v * v < 1) == inside] = 255.0
     inv = align.invert(session.transform)
-    mapped = cv2.warpAffine(outside, inv, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    mapped = cv2.warpAffine(chosen, inv, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
     return mapped[..., 0] > 254
 
 
@@ -331,7 +334,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     folder, as they are (faces detected; photos without one are skipped). Per edit: texture ratio
     (mean |Laplacian| of the export over the changed pixels / the photo's there: 1 keeps the
     photo's texture, > 1 adds texture) and the mean change (0..255) of the pixels beside and
-    above the head (background)."""
+    above the head (background) and of the inner face (skin, which a hair colour must leave)."""
     if (data / "celeba").is_dir():
         items = [it for it in list_items(data, ("celeba",))[0] if _held_out(it.identity)]
         files = [data / it.file for it in items]
@@ -339,7 +342,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     else:
         files = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)[:n]
     sliders = [a for a in engine.attributes.attributes if a.name in ("blond_hair", "black_hair")]
-    fringe, slider_texture, background, sizes = [], [], [], []
+    fringe, slider_texture, background, skin, sizes = [], [], [], [], []
     skipped = 0
     for f in files:
         photo = load_photo(f)
@@ -355,14 +358,17 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
         session.paint(FRINGE.color, radius, [(float(x), float(y)) for x, y in samples])
         fringe.append(_texture_ratio(photo.pixels, session.composite()))
         session.reset()
-        outside = _outside_head(session)
+        outside = _photo_pixels_of(session, HEAD_ENVELOPE, inside=False)
+        face = _photo_pixels_of(session, INNER_FACE, inside=True)
         for a in sliders:
             session.set_sliders({a.name: 1.0})
             edited = session.composite()
             slider_texture.append(_texture_ratio(photo.pixels, edited))
+            diff = np.abs(edited.astype(np.int16) - photo.pixels.astype(np.int16)).mean(axis=2)
             if outside.any():
-                diff = np.abs(edited.astype(np.int16) - photo.pixels.astype(np.int16)).mean(axis=2)
                 background.append(float(diff[outside].mean()))
+            if face.any():
+                skin.append(float(diff[face].mean()))
             session.set_sliders({})
     if not sizes:
         raise ValueError(f"no faces found in the photos of {data}")
@@ -376,7 +382,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
             "fringe_texture_ratio": mean(fringe),
             "slider_texture_ratio": mean(slider_texture),
             "sliders": [a.name for a in sliders],
-            "slider_background_change_255": mean(background)}
+            "slider_background_change_255": mean(background),
+            "slider_skin_change_255": mean(skin)}
 
 
 def alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300, seed: int = 0) -> dict[str, object]:

@@ -1,0 +1,129 @@
+"""Where the person, their hair and their skin are in a face's crop, so an edit stays on them.
+
+A slider's change comes from the whole decoded crop: a hair colour also moves the
+background a little, and the face's skin. The region map limits it. It is computed from
+the photo itself, with no model: the canonical framing says where the face, the hair above
+the forehead and the background beside the head are likely to be; GrabCut (Rother et al.,
+SIGGRAPH 2004) grows those seeds by colour into a person / background split; a colour model
+of the cheeks says which of the person's pixels are skin. Clothes are the person's pixels
+below the jaw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from engine.core import align
+
+# The maps are found on a crop this large (GrabCut needs more pixels than a 64-px crop has)
+# and resized to the session's crop.
+REGION_SIZE = 128
+GRABCUT_ROUNDS = 4
+# Edges are softened over this share of the crop, so a limited edit has no visible border.
+SOFTEN = 0.025
+# Sliders about the hair alone: their change is kept off the face's skin and the clothes.
+HAIR_SLIDERS = frozenset({"black_hair", "blond_hair", "brown_hair", "gray_hair", "wavy_hair"})
+
+
+@dataclass(frozen=True)
+class Regions:
+    """Soft maps (R, R) float32 in [0, 1] over a face's crop."""
+
+    person: np.ndarray  # head, hair, neck and clothes: everything but the background
+    hair: np.ndarray  # the person less their skin and their clothes
+
+    @classmethod
+    def everywhere(cls, size: int) -> Regions:
+        ones = np.ones((size, size), np.float32)
+        return cls(ones, ones)
+
+    def resized(self, size: int) -> Regions:
+        if self.person.shape[0] == size:
+            return self
+        def fit(m: np.ndarray) -> np.ndarray:
+            return cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA if size < m.shape[0] else cv2.INTER_LINEAR)
+        return Regions(fit(self.person), fit(self.hair))
+
+    def for_sliders(self, names: Iterable[str]) -> np.ndarray:
+        """Where the change of these sliders may show: the hair when every one is about the
+        hair, the whole person otherwise."""
+        names = set(names)
+        return self.hair if names and names <= HAIR_SLIDERS else self.person
+
+
+def _template_uv(size: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    return (xs + 0.5) / size, (ys + 0.5) / size
+
+
+def _ellipse(u: np.ndarray, v: np.ndarray, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    return ((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2 < 1
+
+
+def seeds(size: int) -> np.ndarray:
+    """GrabCut's starting labels from the canonical framing (eyes at 0.48 of the height)."""
+    u, v = _template_uv(size)
+    m = np.full((size, size), cv2.GC_PR_BGD, np.uint8)
+    m[_ellipse(u, v, 0.5, 0.45, 0.36, 0.42)] = cv2.GC_PR_FGD  # the head with its hair, probably
+    m[_ellipse(u, v, 0.5, 0.6, 0.17, 0.2)] = cv2.GC_FGD  # eyes, nose, mouth: surely the person
+    m[(np.abs(u - 0.5) < 0.1) & (v > 0.85)] = cv2.GC_FGD  # the neck
+    m[(np.abs(u - 0.5) < 0.12) & (v > 0.17) & (v < 0.3)] = cv2.GC_FGD  # above the forehead: hair, a bald head, a hat
+    beside = ((u < 0.08) | (u > 0.92)) & (v < 0.6)
+    above = (v < 0.03) & ((u < 0.25) | (u > 0.75))
+    m[beside | above] = cv2.GC_BGD
+    return m
+
+
+def _soften(m: np.ndarray) -> np.ndarray:
+    sigma = SOFTEN * m.shape[0]
+    return cv2.GaussianBlur(m.astype(np.float32), (0, 0), sigma)
+
+
+def _colour_likeness(lab: np.ndarray, sample: np.ndarray, floor: float) -> np.ndarray:
+    """(R, R) float32: how close each pixel's colour (CIELAB) is to a sample's: 1 within one
+    spread (Mahalanobis distance) of its mean, falling to 0 at three. ``floor`` (Lab units,
+    squared) keeps a flat sample from matching only itself."""
+    if len(sample) < 8:
+        return np.zeros(lab.shape[:2], np.float32)
+    cov = np.cov(sample.T) + np.eye(3) * floor
+    d = lab.reshape(-1, 3) - sample.mean(0)
+    dist = np.sqrt(np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d)).reshape(lab.shape[:2])
+    return np.clip((3.0 - dist) / 2.0, 0, 1).astype(np.float32)
+
+
+def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Regions:
+    """The region maps of the face whose crop of ``size`` pixels ``transform`` cuts from the
+    photo ``pixels`` (H, W, 3 uint8). ``transform`` is the crop's own (photo -> ``size``)."""
+    scale = REGION_SIZE / size
+    t = np.asarray(transform, dtype=np.float64) * scale
+    t[:, 2] += (scale - 1) / 2  # pixel centres: crop x' = (x + 0.5) * scale - 0.5
+    crop = np.ascontiguousarray(align.warp_to_crop(pixels, t, REGION_SIZE)[..., :3])
+    labels = seeds(REGION_SIZE)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut starts its colour models with k-means: the same photo must give the same maps
+    try:
+        cv2.grabCut(crop, labels, (0, 0, 1, 1), bgd, fgd, GRABCUT_ROUNDS, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # a flat crop (one colour) gives GrabCut nothing to model: keep the framing's guess
+        pass
+    u, v = _template_uv(REGION_SIZE)
+    cut = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
+    lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab[..., 0] *= 0.5  # shading varies the skin's lightness more than its colour
+    cheeks = (_ellipse(u, v, 0.38, 0.62, 0.06, 0.06) | _ellipse(u, v, 0.62, 0.62, 0.06, 0.06))
+    skin = np.maximum(_colour_likeness(lab, lab[cheeks], floor=16.0), _ellipse(u, v, 0.5, 0.62, 0.17, 0.2))
+    # the hair's colour, from above the forehead
+    top = (np.abs(u - 0.5) < 0.14) & (v > 0.12) & (v < 0.3) & cut & (skin < 0.5)
+    like_hair = _colour_likeness(lab, lab[top], floor=25.0) if top.sum() >= 8 else np.ones_like(skin)
+    # GrabCut loses dark hair against a dark background: inside the head's outline, what has
+    # the hair's colour is kept as well
+    person = cut | (_ellipse(u, v, 0.5, 0.45, 0.36, 0.42) & (like_hair > 0.5))
+    hair = person * (1 - skin)
+    # Below the jaw (the chin sits at about 0.86) the person is clothes, or hair falling onto
+    # them: there only what has the hair's colour counts as hair.
+    low = np.clip((v - 0.8) / 0.08, 0, 1)
+    hair = hair * (1 - low * (1 - like_hair))
+    return Regions(_soften(person.astype(np.float32)), _soften(hair)).resized(size)

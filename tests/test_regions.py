@@ -1,0 +1,123 @@
+"""The region map: edits stay on the person, hair colours stay in the hair."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.core.attributes import Attribute, AttributeSet
+from engine.core.faces import whole_image_face
+from engine.core.images import Photo
+from engine.core.regions import HAIR_SLIDERS, Regions, find_regions
+from engine.core.session import EditSession
+
+SIZE = 256
+BACKGROUND = (40, 90, 200)
+SKIN = (225, 172, 140)
+HAIR = (70, 45, 30)
+SHIRT = (30, 140, 60)
+
+
+def drawn_portrait(size: int = SIZE) -> np.ndarray:
+    """A portrait framed like the template: a blue background, a dark hair cap, a skin-coloured
+    face with darker eyes and mouth, a green shirt. Noise gives GrabCut colour spreads."""
+    ys, xs = np.mgrid[0:size, 0:size]
+    u, v = (xs + 0.5) / size, (ys + 0.5) / size
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = BACKGROUND
+    img[((u - 0.5) / 0.34) ** 2 + ((v - 0.45) / 0.4) ** 2 < 1] = HAIR
+    img[((u - 0.5) / 0.22) ** 2 + ((v - 0.6) / 0.28) ** 2 < 1] = SKIN
+    for cx in (0.37, 0.63):
+        img[((u - cx) / 0.04) ** 2 + ((v - 0.48) / 0.02) ** 2 < 1] = (60, 40, 40)
+    img[(np.abs(u - 0.5) < 0.08) & (np.abs(v - 0.77) < 0.015)] = (150, 60, 60)
+    img[(v > 0.9) & (np.abs(u - 0.5) < 0.4)] = SHIRT
+    img += np.random.default_rng(0).normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _template_mean(m: np.ndarray, u0: float, u1: float, v0: float, v1: float) -> float:
+    r = m.shape[0]
+    return float(m[int(v0 * r):int(v1 * r), int(u0 * r):int(u1 * r)].mean())
+
+
+def test_the_maps_find_the_person_the_hair_and_the_background() -> None:
+    pixels = drawn_portrait()
+    face = whole_image_face(SIZE, SIZE)
+    regions = find_regions(pixels, face.transform(64), 64)
+    assert regions.person.shape == regions.hair.shape == (64, 64)
+    for m in (regions.person, regions.hair):
+        assert m.dtype == np.float32
+        assert 0 <= m.min() <= m.max() <= 1
+    # background beside the head (both sides) and in the top corners
+    assert _template_mean(regions.person, 0.0, 0.1, 0.2, 0.6) < 0.05
+    assert _template_mean(regions.person, 0.9, 1.0, 0.2, 0.6) < 0.05
+    assert _template_mean(regions.person, 0.0, 0.12, 0.0, 0.08) < 0.05
+    # the face, the hair above it and the shirt are the person
+    assert _template_mean(regions.person, 0.4, 0.6, 0.5, 0.7) > 0.95
+    assert _template_mean(regions.person, 0.4, 0.6, 0.1, 0.2) > 0.95
+    assert _template_mean(regions.person, 0.3, 0.7, 0.93, 1.0) > 0.9
+    # the hair map keeps the hair and leaves the face's skin and the shirt
+    assert _template_mean(regions.hair, 0.4, 0.6, 0.1, 0.2) > 0.9
+    assert _template_mean(regions.hair, 0.35, 0.65, 0.55, 0.7) < 0.05
+    assert _template_mean(regions.hair, 0.3, 0.7, 0.95, 1.0) < 0.1
+
+
+def test_a_flat_photo_gets_maps_without_an_error() -> None:
+    pixels = np.full((100, 100, 3), 128, np.uint8)
+    regions = find_regions(pixels, whole_image_face(100, 100).transform(64), 64)
+    assert np.isfinite(regions.person).all()
+    assert np.isfinite(regions.hair).all()
+
+
+def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None:
+    person = np.zeros((4, 4), np.float32)
+    hair = np.ones((4, 4), np.float32)
+    r = Regions(person, hair)
+    assert r.for_sliders({"blond_hair"}) is hair
+    assert r.for_sliders({"blond_hair", "gray_hair"}) is hair
+    assert r.for_sliders({"blond_hair", "smiling"}) is person
+    assert r.for_sliders({"pc1"}) is person
+    assert {"black_hair", "blond_hair", "brown_hair", "gray_hair"} <= HAIR_SLIDERS
+    assert "bangs" not in HAIR_SLIDERS  # a fringe covers skin: it may not be kept off it
+
+
+def _photo_region(session: EditSession, names: set[str]) -> np.ndarray:
+    """The session's region for these sliders, mapped onto the (crop-sized) photo."""
+    m = session.regions.for_sliders(names)
+    return np.kron(m, np.ones((SIZE // m.shape[0],) * 2, np.float32))
+
+
+def test_a_hair_slider_leaves_the_background_and_the_face_as_they_were(engine) -> None:
+    g = torch.Generator().manual_seed(5)
+    dirs = torch.randn(2, engine.loaded.config.latent_dim, generator=g)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    attributes = AttributeSet([Attribute("blond_hair", "Blond hair", 30.0),
+                               Attribute("smiling", "Smiling", 30.0)], dirs)
+    photo = Photo(drawn_portrait(), "portrait.png")
+    s = EditSession(engine.loaded, photo, whole_image_face(SIZE, SIZE), "cpu", attributes)
+    for names in ({"blond_hair"}, {"smiling"}):
+        s.set_sliders({n: 2.0 for n in names})
+        edited = s.composite()
+        changed = np.abs(edited.astype(int) - photo.pixels.astype(int)).max(axis=2)
+        region = _photo_region(s, names)
+        assert changed[region > 0.5].mean() > 1.0  # the slider does something where it may
+        assert changed[region == 0].max() <= 1  # and nothing elsewhere (resampling: at most 1)
+        # background beside the head: untouched by both
+        assert changed[int(0.25 * SIZE):int(0.55 * SIZE), :int(0.08 * SIZE)].max() <= 1
+    s.set_sliders({"blond_hair": 2.0})
+    changed = np.abs(s.composite().astype(int) - photo.pixels.astype(int)).max(axis=2)
+    assert changed[int(0.55 * SIZE):int(0.7 * SIZE), int(0.4 * SIZE):int(0.6 * SIZE)].max() <= 1  # cheeks
+
+
+def test_the_same_photo_gives_the_same_maps() -> None:
+    """Reopening a session must give the same pixels: GrabCut's random start is seeded."""
+    import cv2
+
+    pixels = drawn_portrait()
+    t = whole_image_face(SIZE, SIZE).transform(64)
+    first = find_regions(pixels, t, 64)
+    cv2.setRNGSeed(12345)
+    cv2.randu(np.empty((10, 10), np.float32), 0, 1)  # move OpenCV's random state on
+    again = find_regions(pixels, t, 64)
+    assert np.array_equal(first.person, again.person)
+    assert np.array_equal(first.hair, again.hair)
