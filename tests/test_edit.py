@@ -164,3 +164,5 @@ def test_npe_eval_measures_edits_on_whole_photos(tiny_model_dir, tmp_path, astro
     assert figures["sliders"] == ["blond_hair"]
     assert figures["fringe_texture_ratio"] > 0
     assert figures["slider_background_change_255"] >= 0
+    assert figures["slider_skin_change_255"] >= 0
+    assert figures["slider_hair_change_255"] > figures["slider_background_change_255"]  # the edit is on the head

@@ -297,6 +297,7 @@ def evaluate(opts: EvalOptions) -> dict[str, object]:
 FRINGE = StrokeSpec("dark fringe", (35, 25, 20), 0.05, ((0.3, 0.3), (0.5, 0.27), (0.7, 0.3)))
 HEAD_ENVELOPE = ((0.5, 0.5), (0.44, 0.56))  # centre, radii (template fractions)
 INNER_FACE = ((0.5, 0.62), (0.17, 0.2))  # eyes, nose, mouth and cheeks: skin a hair colour must not tint
+TOP_OF_HEAD = ((0.5, 0.2), (0.2, 0.07))  # above the forehead: hair on most heads, where a hair colour must show
 
 
 def _laplacian_energy(pixels: np.ndarray) -> np.ndarray:
@@ -334,7 +335,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     folder, as they are (faces detected; photos without one are skipped). Per edit: texture ratio
     (mean |Laplacian| of the export over the changed pixels / the photo's there: 1 keeps the
     photo's texture, > 1 adds texture) and the mean change (0..255) of the pixels beside and
-    above the head (background) and of the inner face (skin, which a hair colour must leave)."""
+    above the head (background), of the inner face (skin, which a hair colour must leave) and
+    of the top of the head (hair, where it must show)."""
     if (data / "celeba").is_dir():
         items = [it for it in list_items(data, ("celeba",))[0] if _held_out(it.identity)]
         files = [data / it.file for it in items]
@@ -342,7 +344,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     else:
         files = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)[:n]
     sliders = [a for a in engine.attributes.attributes if a.name in ("blond_hair", "black_hair")]
-    fringe, slider_texture, background, skin, sizes = [], [], [], [], []
+    fringe, slider_texture, background, skin, hair, sizes = [], [], [], [], [], []
     skipped = 0
     for f in files:
         photo = load_photo(f)
@@ -360,6 +362,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
         session.reset()
         outside = _photo_pixels_of(session, HEAD_ENVELOPE, inside=False)
         face = _photo_pixels_of(session, INNER_FACE, inside=True)
+        top = _photo_pixels_of(session, TOP_OF_HEAD, inside=True)
         for a in sliders:
             session.set_sliders({a.name: 1.0})
             edited = session.composite()
@@ -369,6 +372,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
                 background.append(float(diff[outside].mean()))
             if face.any():
                 skin.append(float(diff[face].mean()))
+            if top.any():
+                hair.append(float(diff[top].mean()))
             session.set_sliders({})
     if not sizes:
         raise ValueError(f"no faces found in the photos of {data}")
@@ -383,7 +388,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
             "slider_texture_ratio": mean(slider_texture),
             "sliders": [a.name for a in sliders],
             "slider_background_change_255": mean(background),
-            "slider_skin_change_255": mean(skin)}
+            "slider_skin_change_255": mean(skin),
+            "slider_hair_change_255": mean(hair)}
 
 
 def alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300, seed: int = 0) -> dict[str, object]:
