@@ -83,16 +83,20 @@ def _soften(m: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(m.astype(np.float32), (0, 0), sigma)
 
 
-def _colour_likeness(lab: np.ndarray, sample: np.ndarray, floor: float) -> np.ndarray:
-    """(R, R) float32: how close each pixel's colour (CIELAB) is to a sample's: 1 within one
-    spread (Mahalanobis distance) of its mean, falling to 0 at three. ``floor`` (Lab units,
-    squared) keeps a flat sample from matching only itself."""
+def _colour_distance(lab: np.ndarray, sample: np.ndarray, floor: float) -> np.ndarray | None:
+    """(R, R) float32: each pixel's Mahalanobis distance (CIELAB) from a sample's colours, or None
+    when the sample is too small. ``floor`` (Lab units, squared) keeps a flat sample from
+    matching only itself."""
     if len(sample) < 8:
-        return np.zeros(lab.shape[:2], np.float32)
+        return None
     cov = np.cov(sample.T) + np.eye(3) * floor
     d = lab.reshape(-1, 3) - sample.mean(0)
-    dist = np.sqrt(np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d)).reshape(lab.shape[:2])
-    return np.clip((3.0 - dist) / 2.0, 0, 1).astype(np.float32)
+    return np.sqrt(np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d)).reshape(lab.shape[:2]).astype(np.float32)
+
+
+def _likeness(dist: np.ndarray) -> np.ndarray:
+    """1 within one spread of the sample's mean, falling to 0 at three."""
+    return np.clip((3.0 - dist) / 2.0, 0, 1)
 
 
 def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Regions:
@@ -114,10 +118,16 @@ def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Region
     lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)
     lab[..., 0] *= 0.5  # shading varies the skin's lightness more than its colour
     cheeks = (_ellipse(u, v, 0.38, 0.62, 0.06, 0.06) | _ellipse(u, v, 0.62, 0.62, 0.06, 0.06))
-    skin = np.maximum(_colour_likeness(lab, lab[cheeks], floor=16.0), _ellipse(u, v, 0.5, 0.62, 0.17, 0.2))
-    # the hair's colour, from above the forehead
-    top = (np.abs(u - 0.5) < 0.14) & (v > 0.12) & (v < 0.3) & cut & (skin < 0.5)
-    like_hair = _colour_likeness(lab, lab[top], floor=25.0) if top.sum() >= 8 else np.ones_like(skin)
+    top = (np.abs(u - 0.5) < 0.14) & (v > 0.08) & (v < 0.22) & cut  # above the forehead: the hair's colour
+    far = np.full(lab.shape[:2], 1e3, np.float32)
+    d_skin = _colour_distance(lab, lab[cheeks], floor=16.0)
+    d_hair = _colour_distance(lab, lab[top], floor=25.0)
+    d_skin = far if d_skin is None else d_skin
+    d_hair = far if d_hair is None else d_hair
+    # skin: the cheeks' colour, and closer to it than to the hair's (fair hair is near fair skin)
+    skin = _likeness(d_skin) * np.clip(0.5 + (d_hair - d_skin), 0, 1)
+    skin = np.maximum(skin, _ellipse(u, v, 0.5, 0.62, 0.17, 0.2))
+    like_hair = _likeness(d_hair) if d_hair is not far else np.ones_like(skin)
     # GrabCut loses dark hair against a dark background: inside the head's outline, what has
     # the hair's colour is kept as well
     person = cut | (_ellipse(u, v, 0.5, 0.45, 0.36, 0.42) & (like_hair > 0.5))
