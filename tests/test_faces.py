@@ -101,3 +101,62 @@ def test_shipped_eye_refiner_recovers_from_a_rough_guess(astronaut: np.ndarray) 
     rough = (ASTRONAUT_EYES - centre) @ rot.T * 1.2 + centre + [0.15 * IOD, -0.1 * IOD]
     assert _eye_error(rough, ASTRONAUT_EYES) > 0.2
     assert _eye_error(refiner.refine(astronaut, rough), ASTRONAUT_EYES) < 0.08
+
+
+def _points_file(path, eyes: np.ndarray, count: int) -> None:
+    """A landmark file whose eye contours (six points on a small circle) centre on ``eyes``."""
+    pts = np.zeros((count, 2))
+    ring = np.stack([np.cos(np.arange(6) * np.pi / 3), np.sin(np.arange(6) * np.pi / 3)], 1) * 5
+    first = {49: 19, 68: 36}[count]
+    pts[first:first + 6] = eyes[0] + ring
+    pts[first + 6:first + 12] = eyes[1] + ring
+    np.savetxt(path, pts, fmt="%.3f")
+
+
+def test_eye_error_on_photos_with_hand_placed_landmarks(astronaut: np.ndarray, tmp_path) -> None:
+    """npe eval --alignment on a folder laid out as All-Age-Faces ships it: photos, and a
+    ``key points`` folder of 49-point (or 68-point) files; the worse eye's error is reported."""
+    from engine.tools.evaluate import photo_alignment_metrics
+
+    data = tmp_path / "faces"
+    (data / "key points").mkdir(parents=True)
+    Image.fromarray(astronaut).save(data / "00001A40.png")
+    _points_file(data / "key points" / "00001A40.txt", ASTRONAUT_EYES, 49)
+    Image.fromarray(astronaut[:, ::-1]).save(data / "00002A05.png")  # mirrored: the eyes swap sides
+    mirrored = np.array([[astronaut.shape[1] - 1 - ASTRONAUT_EYES[1, 0], ASTRONAUT_EYES[1, 1]],
+                         [astronaut.shape[1] - 1 - ASTRONAUT_EYES[0, 0], ASTRONAUT_EYES[0, 1]]])
+    _points_file(data / "key points" / "00002A05.txt", mirrored, 68)
+    Image.fromarray(np.full((120, 120, 3), 90, np.uint8)).save(data / "00003A70.png")  # no face in it
+    _points_file(data / "key points" / "00003A70.txt", ASTRONAUT_EYES * 0.2, 49)
+    Image.fromarray(astronaut).save(data / "no-points.png")  # no landmark file: not counted
+
+    out = photo_alignment_metrics(data, refiner=None)
+    assert out["photos"] == 3
+    assert out["detected"] == 2
+    assert out["detection_rate"] == pytest.approx(2 / 3, abs=1e-3)
+    assert out["worse_eye_error_cascade"]["p90"] < MAX_EYE_ERROR  # type: ignore[index]
+
+    # an eye placed 0.2 inter-ocular distances off shows in the worse eye's error
+    off = ASTRONAUT_EYES.copy()
+    off[1, 1] += 0.2 * IOD
+    _points_file(data / "key points" / "00001A40.txt", off, 49)
+    worse = photo_alignment_metrics(data, refiner=None)["worse_eye_error_cascade"]
+    assert worse["mean"] > out["worse_eye_error_cascade"]["mean"] + 0.05  # type: ignore[index]
+
+
+def test_refiner_training_crops_are_degraded_but_keep_their_labels() -> None:
+    from engine.tools.landmark_training import degrade, make_examples
+
+    rng = np.random.default_rng(0)
+    gray = cv2.cvtColor(np.asarray(Image.open(RESOURCES / "astronaut.png").convert("RGB")), cv2.COLOR_RGB2GRAY)
+    changed = [degrade(gray, rng) for _ in range(8)]
+    assert all(c.shape == gray.shape and c.dtype == np.uint8 for c in changed)
+    assert all(np.abs(c.astype(int) - gray.astype(int)).mean() > 1 for c in changed)
+    img = np.asarray(Image.open(RESOURCES / "astronaut.png").convert("RGB").resize((178, 218)))
+    x_clean, y_clean = make_examples([img], np.random.default_rng(1), 4, augment=False)
+    x_aug, y_aug = make_examples([img], np.random.default_rng(1), 4, augment=True)
+    assert x_aug.shape == x_clean.shape
+    assert not np.array_equal(x_aug, x_clean)
+    # the degradation draws from the same generator, so the geometry differs but stays valid
+    assert np.isfinite(y_aug).all()
+    assert np.abs(y_aug).max() < 0.5

@@ -349,6 +349,9 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="pretrained")
     p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--augment", action="store_true", default=None,
+                   help="degrade the training images at random (gamma, contrast, blur, JPEG, noise); "
+                        "measured: All-Age-Faces p90 9.8 -> 9.3 %%, held-out CelebA median 3.4 -> 3.8 %%")
 
     p = sub.add_parser("bench", help="speed figures as JSON")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")

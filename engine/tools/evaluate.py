@@ -266,7 +266,10 @@ def evaluate(opts: EvalOptions) -> dict[str, object]:
     if opts.attributes:
         return evaluate_attributes(opts)
     if opts.alignment:
-        return alignment_metrics(Path(opts.data), ModelFolder.find(opts.weights).load_refiner(), opts.n)
+        refiner = ModelFolder.find(opts.weights).load_refiner()
+        if landmark_folder(Path(opts.data)) is not None:
+            return photo_alignment_metrics(Path(opts.data), refiner, opts.n)
+        return alignment_metrics(Path(opts.data), refiner, opts.n)
     engine = Engine.load(opts.weights, opts.device)
     if opts.photo_edits:
         return photo_edit_metrics(engine, Path(opts.data), opts.n)
@@ -392,6 +395,84 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
             "slider_hair_change_255": mean(hair)}
 
 
+# Eye centres from a photo's landmark file: the mean of each eye's contour points (0-based
+# ranges; the viewer's left eye first), by the number of points in the file.
+EYE_POINTS = {49: (range(19, 25), range(25, 31)),  # All-Age-Faces' 49 points (IntraFace layout)
+              68: (range(36, 42), range(42, 48))}  # the iBUG 300-W 68 points
+
+
+def landmark_folder(data: Path) -> Path | None:
+    """The folder of landmark files beside a folder of photos (``key points``, as All-Age-Faces
+    ships them, or ``points``), or None."""
+    for name in ("key points", "points"):
+        if (data / name).is_dir():
+            return data / name
+    return None
+
+
+def _eyes_of(points_file: Path) -> np.ndarray | None:
+    pts = np.loadtxt(points_file, dtype=np.float64).reshape(-1, 2)
+    ranges = EYE_POINTS.get(len(pts))
+    return None if ranges is None else np.array([pts[list(r)].mean(0) for r in ranges])
+
+
+def _error_stats(e: list[float]) -> dict[str, float]:
+    a = np.asarray(e)
+    return {"mean": round(float(a.mean()), 4), "median": round(float(np.median(a)), 4),
+            "p90": round(float(np.percentile(a, 90)), 4), "within_0.1": round(float((a < 0.1).mean()), 3)}
+
+
+def photo_alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300) -> dict[str, object]:
+    """Face detection and eye error on photos as they are, with hand-placed landmarks: a folder
+    of photos beside a ``key points`` (or ``points``) folder of text files of the same stem,
+    one "x y" line per point (49 or 68 points). The error of a photo is its worse eye's
+    distance from the truth over the inter-ocular distance; a face counts as found when the
+    detected face nearest the truth has its eyes within one inter-ocular distance. With
+    All-Age-Faces' file names (``00000A02``: age after the A) the errors are also given by age."""
+    points = landmark_folder(data)
+    assert points is not None
+    photos = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES
+                    and (points / (p.stem + ".txt")).is_file())[:n]
+    if not photos:
+        raise ValueError(f"no photo in {data} has a landmark file in {points}")
+    found, worse_cascade, worse_refined, ages = 0, [], [], []
+    for path in photos:
+        truth = _eyes_of(points / (path.stem + ".txt"))
+        if truth is None:
+            continue
+        pixels = load_photo(path).pixels
+        iod = float(np.hypot(*(truth[1] - truth[0])))
+        best = None
+        for f in find_faces(pixels):
+            e = float(np.linalg.norm(f.eyes - truth, axis=1).max() / iod)
+            if best is None or e < best[0]:
+                best = (e, f)
+        if best is None or best[0] > 1.0:
+            continue
+        found += 1
+        worse_cascade.append(best[0])
+        if refiner is not None:
+            eyes = refiner.refine(pixels, best[1].eyes)
+            worse_refined.append(float(np.linalg.norm(eyes - truth, axis=1).max() / iod))
+        age = path.stem.rpartition("A")[2]
+        ages.append(int(age) if age.isdigit() else -1)
+    out: dict[str, object] = {"photos": len(photos), "detected": found,
+                              "detection_rate": round(found / len(photos), 3),
+                              "worse_eye_error_cascade": _error_stats(worse_cascade) if worse_cascade else None}
+    if worse_refined:
+        out["worse_eye_error_refined"] = _error_stats(worse_refined)
+        age_of, errors = np.asarray(ages), np.asarray(worse_refined)
+        bands = [(0, 12), (13, 25), (26, 50), (51, 200)]
+        by_age = {}
+        for lo, hi in bands:
+            band = (age_of >= lo) & (age_of <= hi)
+            if band.any():
+                by_age[f"{lo}-{hi if hi < 200 else ''}"] = {"n": int(band.sum()),
+                                                            "median": round(float(np.median(errors[band])), 4)}
+        out["worse_eye_error_refined_median_by_age"] = by_age
+    return out
+
+
 def alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300, seed: int = 0) -> dict[str, object]:
     """Eye localisation on held-out aligned CelebA photos, turned and scaled at random.
 
@@ -431,11 +512,7 @@ def alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300, seed
             err_refined.append(float(np.linalg.norm(eyes - t_truth, axis=1).mean() / iod))
         times.append(time.perf_counter() - t0)
 
-    def stats(e: list[float]) -> dict[str, float]:
-        a = np.asarray(e)
-        return {"mean": round(float(a.mean()), 4), "median": round(float(np.median(a)), 4),
-                "p90": round(float(np.percentile(a, 90)), 4), "within_0.1": round(float((a < 0.1).mean()), 3)}
-
+    stats = _error_stats
     out: dict[str, object] = {"n": len(pick), "detected": found, "detection_rate": round(found / len(pick), 3),
                               "eye_error_cascade": stats(err_cascade) if err_cascade else None,
                               "ms_per_photo": round(1000 * float(np.median(times)), 1) if times else None}

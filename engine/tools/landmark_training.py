@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from safetensors.torch import save_file
@@ -37,16 +38,38 @@ def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (np.vstack([a, [0, 0, 1]]) @ np.vstack([b, [0, 0, 1]]))[:2]
 
 
-def make_examples(images: list[np.ndarray], rng: np.random.Generator, per_image: int) -> tuple[np.ndarray, np.ndarray]:
-    """Perturbed crops of aligned CelebA images and their eye offsets."""
+def degrade(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A grey image (uint8) as another camera, light or compression might give it: gamma,
+    contrast and brightness, then at random blur, JPEG artefacts and sensor noise. (The
+    refiner equalises its crops' histograms, so the first three mostly test that.)"""
+    x = crop.astype(np.float32) / 255.0
+    x = x ** np.exp(rng.uniform(np.log(0.6), np.log(1.6)))
+    x = (x - x.mean()) * rng.uniform(0.6, 1.4) + x.mean() + rng.uniform(-0.12, 0.12)
+    out: np.ndarray = np.clip(x * 255.0, 0, 255).astype(np.uint8)
+    if rng.random() < 0.4:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 2.5))
+    if rng.random() < 0.4:
+        ok, enc = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 85))])
+        decoded = cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE) if ok else None
+        out = out if decoded is None else np.asarray(decoded)
+    if rng.random() < 0.4:
+        out = np.clip(out + rng.normal(0, rng.uniform(2, 10), out.shape), 0, 255).astype(np.uint8)
+    return out
+
+
+def make_examples(images: list[np.ndarray], rng: np.random.Generator, per_image: int,
+                  augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Perturbed (and, with ``augment``, degraded) crops of aligned CelebA images and their eye
+    offsets."""
     xs, ys = [], []
     base = align.template_points(INPUT)
     for img in images:
         truth = align.CELEBA_ALIGNED_EYES * img.shape[1] / 178.0
         t_true = align.eyes_to_crop(truth, INPUT)
+        gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
         for _ in range(per_image):
             t = _compose(_perturbation(rng, INPUT), t_true)
-            crop = _crop_gray(img, t)
+            crop = _crop_gray(degrade(gray, rng) if augment else gray, t)
             if rng.random() < 0.5:  # mirror: the eyes swap roles
                 crop = crop[:, ::-1].copy()
                 eyes = align.apply(t, truth)
@@ -67,6 +90,7 @@ class LandmarkOptions:
     steps: int = 3000
     batch: int = 64
     seed: int = 0
+    augment: bool = False  # photometric, blur, JPEG and noise degradation of the training images
     log: bool = True
 
 
@@ -83,7 +107,7 @@ def train_landmarks(opts: LandmarkOptions) -> Path:
     for _step in bar:
         pick = rng.choice(len(train_items), batch // 4, replace=False)
         imgs = [_read_rgb(data_dir / train_items[i].file) for i in pick]
-        x, y = make_examples(imgs, rng, 4)
+        x, y = make_examples(imgs, rng, 4, opts.augment)
         loss = nn.functional.smooth_l1_loss(net(torch.from_numpy(x)), torch.from_numpy(y), beta=0.01)
         opt.zero_grad()
         loss.backward()
@@ -94,5 +118,6 @@ def train_landmarks(opts: LandmarkOptions) -> Path:
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / WEIGHTS))
     (out_dir / WEIGHTS).with_suffix(".json").write_text(json.dumps(
         {"format_version": 1, "width": 24, "input": INPUT, "rounds": ROUNDS, "steps": steps,
-         "trained_on": "aligned CelebA (training identities), random similarity perturbations"}, indent=2) + "\n")
+         "trained_on": "aligned CelebA (training identities), random similarity perturbations"
+                       + (", photometric/blur/JPEG/noise degradation" if opts.augment else "")}, indent=2) + "\n")
     return out_dir / WEIGHTS
