@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -110,9 +112,24 @@ def test_written_out_adam_matches_torch_adam() -> None:
     for _ in range(5):
         ours.step(model.decoder, paint, alpha)
         adam.zero_grad()
-        paint_loss(model.decoder(ref), paint, alpha).backward()
+        paint_loss(model.decoder(ref), paint, alpha, rule.chroma).backward()
         adam.step()
     assert torch.allclose(ours.z.detach(), ref.detach(), atol=1e-6)
+
+
+def test_the_paint_error_weights_hue_against_lightness() -> None:
+    """chroma 1 is the plain RGB error; above 1 a wrong hue costs more than a wrong lightness of
+    the same RGB distance (the brush's dark paint once drifted greenish)."""
+    paint = torch.full((1, 3, 4, 4), -0.6)
+    alpha = torch.ones(1, 1, 4, 4)
+    lighter = paint + 0.3  # the same colour, lighter: lightness error only
+    greener = paint + torch.tensor([-0.3, 0.3, 0.0]).view(1, 3, 1, 1) * math.sqrt(1.5)  # same RGB distance
+    assert float(((lighter - paint) ** 2).sum()) == pytest.approx(float(((greener - paint) ** 2).sum()), rel=1e-5)
+    for image in (lighter, greener):
+        assert float(paint_loss(image, paint, alpha, 1.0)) == pytest.approx(float(((image - paint) ** 2).mean()))
+    plain = {name: float(paint_loss(im, paint, alpha, 1.0)) for name, im in (("l", lighter), ("g", greener))}
+    assert float(paint_loss(lighter, paint, alpha, 3.0)) == pytest.approx(plain["l"])
+    assert float(paint_loss(greener, paint, alpha, 3.0)) == pytest.approx(3 * plain["g"])
 
 
 def test_npe_eval_reports_brush_colour_in_cielab_on_the_exported_photo(tiny_model_dir, tmp_path,
