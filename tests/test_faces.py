@@ -160,3 +160,41 @@ def test_refiner_training_crops_are_degraded_but_keep_their_labels() -> None:
     # the degradation draws from the same generator, so the geometry differs but stays valid
     assert np.isfinite(y_aug).all()
     assert np.abs(y_aug).max() < 0.5
+
+
+def test_the_equivariance_term_is_zero_only_when_both_crops_agree_in_the_photo() -> None:
+    """Unlabelled faces teach the refiner through agreement: the eyes found in two differently
+    turned crops of one face, mapped back into the photo, must be the same points."""
+    import torch
+
+    from engine.core.landmarks import INPUT
+    from engine.tools.landmark_training import equivariance_examples, equivariance_loss
+
+    gray = cv2.cvtColor(np.asarray(Image.open(RESOURCES / "astronaut.png").convert("RGB")), cv2.COLOR_RGB2GRAY)
+    rough = ASTRONAUT_EYES + [[4.0, -3.0], [-2.0, 5.0]]  # the cascade's guess, a little off
+    x, inverses, iods = equivariance_examples([(gray, rough)], np.random.default_rng(0), 3, augment=False)
+    assert x.shape == (6, 1, INPUT, INPUT)
+    assert inverses.shape == (3, 2, 2, 3)
+    base = align.template_points(INPUT)
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, eyes_in_photo: np.ndarray) -> None:
+            super().__init__()
+            rows = []
+            for pair in inverses:
+                for inv in pair:  # where those photo points fall in each crop
+                    in_crop = align.apply(align.invert(inv.astype(np.float64)), eyes_in_photo)
+                    rows.append(((in_crop - base) / INPUT).ravel())
+            self.out = torch.tensor(np.array(rows), dtype=torch.float32)
+
+        def forward(self, _x: torch.Tensor) -> torch.Tensor:
+            return self.out
+
+    agreeing = float(equivariance_loss(Fixed(ASTRONAUT_EYES), x, inverses, iods))
+    assert agreeing < 1e-6  # any one point in the photo, found in both crops: no loss
+
+    class Template(torch.nn.Module):  # always the template's eye places, whatever the crop shows
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(len(x), 4)
+
+    assert float(equivariance_loss(Template(), x, inverses, iods)) > 1e-3

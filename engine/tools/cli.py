@@ -352,6 +352,10 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
     p.add_argument("--augment", action="store_true", default=None,
                    help="degrade the training images at random (gamma, contrast, blur, JPEG, noise); "
                         "measured: All-Age-Faces p90 9.8 -> 9.3 %%, held-out CelebA median 3.4 -> 3.8 %%")
+    p.add_argument("--unlabelled", type=int, default=None,
+                   help="also train on this many unlabelled LFW/UTKFace faces: the eyes found in two "
+                        "differently turned crops of a face must agree (default 0: off; measured with 1500 "
+                        "faces at weight 1: All-Age-Faces median 5.3 -> 8.0 %%, CelebA 3.4 -> 5.9 %%, worse)")
 
     p = sub.add_parser("bench", help="speed figures as JSON")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")

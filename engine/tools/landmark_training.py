@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from engine.core import align
+from engine.core.faces import find_faces
 from engine.core.landmarks import INPUT, ROUNDS, WEIGHTS, EyeNet, _crop_gray, _read_rgb
 from engine.tools.data import _held_out, list_items
 
@@ -91,7 +92,58 @@ class LandmarkOptions:
     batch: int = 64
     seed: int = 0
     augment: bool = False  # photometric, blur, JPEG and noise degradation of the training images
+    unlabelled: int = 0  # LFW and UTKFace faces for the equivariance term (0: CelebA labels only)
+    equivariance: float = 1.0  # its weight against the labelled term
     log: bool = True
+
+
+def unlabelled_faces(data_dir: Path, n: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Up to ``n`` grey training-identity LFW and UTKFace images (whichever sets the data folder
+    holds) with the cascade's rough eyes: faces of every age and many skin tones, unlabelled."""
+    sets = tuple(s for s in ("lfw", "utkface") if (data_dir / s / "images").is_dir())
+    items = [it for it in list_items(data_dir, sets)[0] if not _held_out(it.identity)] if sets else []
+    pool: list[tuple[np.ndarray, np.ndarray]] = []
+    for i in rng.permutation(len(items)):
+        if len(pool) >= n:
+            break
+        img = _read_rgb(data_dir / items[i].file)
+        faces = find_faces(img)
+        if faces:
+            largest = max(faces, key=lambda f: float(np.hypot(*(f.box[1] - f.box[0]))))
+            pool.append((cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), largest.eyes))
+    return pool
+
+
+def equivariance_examples(pool: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, count: int,
+                          augment: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two differently turned, scaled, shifted (and degraded) crops of each of ``count`` faces,
+    with the crop-to-photo transforms (N, 2, 2, 3) and the rough inter-ocular distances (N,).
+    Whatever the refiner finds in both crops must be the same place in the photo."""
+    xs, inverses, iods = [], [], []
+    for k in rng.choice(len(pool), count, replace=len(pool) < count):
+        gray, eyes = pool[k]
+        t_rough = align.eyes_to_crop(eyes, INPUT)
+        pair = []
+        for _ in range(2):
+            t = _compose(_perturbation(rng, INPUT), t_rough)
+            xs.append(_crop_gray(degrade(gray, rng) if augment else gray, t))
+            pair.append(align.invert(t))
+        inverses.append(pair)
+        iods.append(float(np.hypot(*(eyes[1] - eyes[0]))))
+    return (np.stack(xs)[:, None].astype(np.float32), np.asarray(inverses, np.float32),
+            np.asarray(iods, np.float32))
+
+
+def equivariance_loss(net: nn.Module, x: np.ndarray, inverses: np.ndarray, iods: np.ndarray) -> torch.Tensor:
+    """Disagreement, in the photo and in inter-ocular distances, between the eyes found in the
+    two crops of each face."""
+    offsets = net(torch.from_numpy(x)).view(-1, 2, 2, 2)  # (pair item, crop, eye, xy)
+    base = torch.from_numpy(align.template_points(INPUT).astype(np.float32))
+    in_crop = base + offsets * INPUT
+    m = torch.from_numpy(inverses)  # (N, 2 crops, 2, 3)
+    in_photo = torch.einsum("ncij,ncej->ncei", m[..., :2], in_crop) + m[..., None, :, 2]
+    gap = (in_photo[:, 0] - in_photo[:, 1]) / torch.from_numpy(iods).view(-1, 1, 1)
+    return nn.functional.smooth_l1_loss(gap, torch.zeros_like(gap), beta=0.01)
 
 
 def train_landmarks(opts: LandmarkOptions) -> Path:
@@ -103,12 +155,18 @@ def train_landmarks(opts: LandmarkOptions) -> Path:
     net = EyeNet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    pool = unlabelled_faces(data_dir, opts.unlabelled, rng) if opts.unlabelled > 0 else []
+    if opts.unlabelled > 0 and not pool:
+        raise ValueError(f"no LFW or UTKFace faces found in {data_dir} for the equivariance term")
     bar = tqdm(range(steps), disable=not opts.log, desc="training eye landmarks")
     for _step in bar:
         pick = rng.choice(len(train_items), batch // 4, replace=False)
         imgs = [_read_rgb(data_dir / train_items[i].file) for i in pick]
         x, y = make_examples(imgs, rng, 4, opts.augment)
         loss = nn.functional.smooth_l1_loss(net(torch.from_numpy(x)), torch.from_numpy(y), beta=0.01)
+        if pool:
+            loss = loss + opts.equivariance * equivariance_loss(
+                net, *equivariance_examples(pool, rng, batch // 4, opts.augment))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -119,5 +177,7 @@ def train_landmarks(opts: LandmarkOptions) -> Path:
     (out_dir / WEIGHTS).with_suffix(".json").write_text(json.dumps(
         {"format_version": 1, "width": 24, "input": INPUT, "rounds": ROUNDS, "steps": steps,
          "trained_on": "aligned CelebA (training identities), random similarity perturbations"
-                       + (", photometric/blur/JPEG/noise degradation" if opts.augment else "")}, indent=2) + "\n")
+                       + (", photometric/blur/JPEG/noise degradation" if opts.augment else "")
+                       + (f", equivariance on {len(pool)} unlabelled LFW/UTKFace faces" if pool else "")},
+        indent=2) + "\n")
     return out_dir / WEIGHTS
