@@ -366,10 +366,11 @@ def evaluate_attributes(args: EvalOptions) -> dict[str, object]:
     cache = aligned_cache(Path(args.data), res)
     test = AlignedFaces(cache, split="test", sets=("celeba",))
     judge, names = engine.folder.load_judge()
-    report = judge_sliders(engine, engine.attributes, judge, names, test, n=args.n)
+    n = 500 if args.n is None else args.n
+    report = judge_sliders(engine, engine.attributes, judge, names, test, n=n)
     grid = Path(args.grid)
     write_attribute_grid(engine, test, grid)
-    return {"n": min(args.n, len(test)), "attributes": report,
+    return {"n": min(n, len(test)), "attributes": report,
             "quality": {a.name: a.quality for a in engine.attributes.attributes if a.kind is not SliderKind.PRINCIPAL},
             "grid": str(grid)}
 

@@ -327,7 +327,8 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
 
     p = sub.add_parser("eval", help="evaluate a model; prints JSON")
     p.add_argument("--data", required=True, help="prepared data folder or a folder of face photos")
-    p.add_argument("--n", type=int, default=500, help="faces to evaluate (default 500)")
+    p.add_argument("--n", type=int, default=None,
+                   help="faces to evaluate (default 500; 24 whole photos with --photo-edits)")
     p.add_argument("--grid", default="eval-grid.png", help="where to write the image grid")
     p.add_argument("--attributes", action="store_true", help="evaluate the attribute sliders instead")
     p.add_argument("--alignment", action="store_true", help="evaluate face detection and eye alignment instead")

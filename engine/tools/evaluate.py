@@ -248,7 +248,7 @@ class EvalOptions:
     """``npe eval``: what to evaluate, on which data and model."""
 
     data: str
-    n: int = 500  # faces to evaluate
+    n: int | None = None  # faces to evaluate (None: 500, or 24 whole photos for photo_edits)
     grid: str = "eval-grid.png"  # where to write the image grid
     attributes: bool = False  # the attribute sliders instead
     alignment: bool = False  # face detection and eye alignment instead
@@ -265,17 +265,18 @@ def evaluate(opts: EvalOptions) -> dict[str, object]:
         torch.set_num_threads(opts.threads)
     if opts.attributes:
         return evaluate_attributes(opts)
+    n = 500 if opts.n is None else opts.n
     if opts.alignment:
         refiner = ModelFolder.find(opts.weights).load_refiner()
         if landmark_folder(Path(opts.data)) is not None:
-            return photo_alignment_metrics(Path(opts.data), refiner, opts.n)
-        return alignment_metrics(Path(opts.data), refiner, opts.n)
+            return photo_alignment_metrics(Path(opts.data), refiner, n)
+        return alignment_metrics(Path(opts.data), refiner, n)
     engine = Engine.load(opts.weights, opts.device)
     if opts.photo_edits:
-        return photo_edit_metrics(engine, Path(opts.data), opts.n)
+        return photo_edit_metrics(engine, Path(opts.data), 24 if opts.n is None else opts.n)
     model = engine.loaded.model
     res = engine.loaded.config.resolution
-    crops, source, missed = load_eval_crops(Path(opts.data), res, opts.n, engine.refiner)
+    crops, source, missed = load_eval_crops(Path(opts.data), res, n, engine.refiner)
     t0 = time.perf_counter()
     out: dict[str, object] = {"n": int(len(crops)), "source": source, "weights": str(engine.folder.path),
                               "model_id": engine.loaded.model_id, "resolution": res}
