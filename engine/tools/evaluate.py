@@ -423,6 +423,23 @@ def _error_stats(e: list[float]) -> dict[str, float]:
             "p90": round(float(np.percentile(a, 90)), 4), "within_0.1": round(float((a < 0.1).mean()), 3)}
 
 
+def _eye_errors(pixels: np.ndarray, truth: np.ndarray, refiner: EyeRefiner | None,
+                worse: bool) -> tuple[float, float | None] | None:
+    """Eye error over the inter-ocular distance of the detected face nearest the truth (the
+    photo may hold other faces or reflections), from the cascade and after the refiner: the
+    worse eye's, or with ``worse=False`` the two eyes' mean. None when no face is that near."""
+    iod = float(np.hypot(*(truth[1] - truth[0])))
+
+    def error(eyes: np.ndarray) -> float:
+        d = np.linalg.norm(eyes - truth, axis=1)
+        return float((d.max() if worse else d.mean()) / iod)
+
+    best = min(((error(f.eyes), f) for f in find_faces(pixels)), key=lambda p: p[0], default=None)
+    if best is None or best[0] > 1.0:
+        return None
+    return best[0], None if refiner is None else error(refiner.refine(pixels, best[1].eyes))
+
+
 def photo_alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300) -> dict[str, object]:
     """Face detection and eye error on photos as they are, with hand-placed landmarks: a folder
     of photos beside a ``key points`` (or ``points``) folder of text files of the same stem,
@@ -441,20 +458,13 @@ def photo_alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300
         truth = _eyes_of(points / (path.stem + ".txt"))
         if truth is None:
             continue
-        pixels = load_photo(path).pixels
-        iod = float(np.hypot(*(truth[1] - truth[0])))
-        best = None
-        for f in find_faces(pixels):
-            e = float(np.linalg.norm(f.eyes - truth, axis=1).max() / iod)
-            if best is None or e < best[0]:
-                best = (e, f)
-        if best is None or best[0] > 1.0:
+        errors = _eye_errors(load_photo(path).pixels, truth, refiner, worse=True)
+        if errors is None:
             continue
         found += 1
-        worse_cascade.append(best[0])
-        if refiner is not None:
-            eyes = refiner.refine(pixels, best[1].eyes)
-            worse_refined.append(float(np.linalg.norm(eyes - truth, axis=1).max() / iod))
+        worse_cascade.append(errors[0])
+        if errors[1] is not None:
+            worse_refined.append(errors[1])
         age = path.stem.rpartition("A")[2]
         ages.append(int(age) if age.isdigit() else -1)
     out: dict[str, object] = {"photos": len(photos), "detected": found,
@@ -462,14 +472,14 @@ def photo_alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300
                               "worse_eye_error_cascade": _error_stats(worse_cascade) if worse_cascade else None}
     if worse_refined:
         out["worse_eye_error_refined"] = _error_stats(worse_refined)
-        age_of, errors = np.asarray(ages), np.asarray(worse_refined)
+        age_of, refined = np.asarray(ages), np.asarray(worse_refined)
         bands = [(0, 12), (13, 25), (26, 50), (51, 200)]
         by_age = {}
         for lo, hi in bands:
             band = (age_of >= lo) & (age_of <= hi)
             if band.any():
                 by_age[f"{lo}-{hi if hi < 200 else ''}"] = {"n": int(band.sum()),
-                                                            "median": round(float(np.median(errors[band])), 4)}
+                                                            "median": round(float(np.median(refined[band])), 4)}
         out["worse_eye_error_refined_median_by_age"] = by_age
     return out
 
@@ -496,21 +506,14 @@ def alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300, seed
         size = (int(big.shape[1] * scale), int(big.shape[0] * scale))
         photo = cv2.warpAffine(big, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         t_truth = align.apply(m, truth + [w // 2, h // 2])
-        iod = float(np.hypot(*(t_truth[1] - t_truth[0])))
         t0 = time.perf_counter()
-        faces = find_faces(photo)
-        best = None
-        for f in faces:  # the face whose eyes are nearest the truth (the photo may hold reflections)
-            e = float(np.linalg.norm(f.eyes - t_truth, axis=1).mean() / iod)
-            if best is None or e < best[0]:
-                best = (e, f)
-        if best is None or best[0] > 1.0:
+        errors = _eye_errors(photo, t_truth, refiner, worse=False)
+        if errors is None:
             continue
         found += 1
-        err_cascade.append(best[0])
-        if refiner is not None:
-            eyes = refiner.refine(photo, best[1].eyes)
-            err_refined.append(float(np.linalg.norm(eyes - t_truth, axis=1).mean() / iod))
+        err_cascade.append(errors[0])
+        if errors[1] is not None:
+            err_refined.append(errors[1])
         times.append(time.perf_counter() - t0)
 
     stats = _error_stats
