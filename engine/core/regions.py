@@ -27,6 +27,8 @@ GRABCUT_ROUNDS = 4
 SOFTEN = 0.025
 # Sliders about the hair alone: their change is kept off the face's skin and the clothes.
 HAIR_SLIDERS = frozenset({"black_hair", "blond_hair", "brown_hair", "gray_hair", "wavy_hair"})
+# The head with its hair in the canonical framing (centre x, y; radii x, y as crop fractions).
+HEAD_OUTLINE = (0.5, 0.45, 0.36, 0.42)
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,6 @@ class Regions:
 
     person: np.ndarray  # head, hair, neck and clothes: everything but the background
     hair: np.ndarray  # the person less their skin and their clothes
-
-    @classmethod
-    def everywhere(cls, size: int) -> Regions:
-        ones = np.ones((size, size), np.float32)
-        return cls(ones, ones)
 
     def resized(self, size: int) -> Regions:
         if self.person.shape[0] == size:
@@ -68,7 +65,7 @@ def seeds(size: int) -> np.ndarray:
     """GrabCut's starting labels from the canonical framing (eyes at 0.48 of the height)."""
     u, v = _template_uv(size)
     m = np.full((size, size), cv2.GC_PR_BGD, np.uint8)
-    m[_ellipse(u, v, 0.5, 0.45, 0.36, 0.42)] = cv2.GC_PR_FGD  # the head with its hair, probably
+    m[_ellipse(u, v, *HEAD_OUTLINE)] = cv2.GC_PR_FGD  # the head with its hair, probably
     m[_ellipse(u, v, 0.5, 0.6, 0.17, 0.2)] = cv2.GC_FGD  # eyes, nose, mouth: surely the person
     m[(np.abs(u - 0.5) < 0.1) & (v > 0.85)] = cv2.GC_FGD  # the neck
     m[(np.abs(u - 0.5) < 0.12) & (v > 0.17) & (v < 0.3)] = cv2.GC_FGD  # above the forehead: hair, a bald head, a hat
@@ -119,18 +116,17 @@ def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Region
     lab[..., 0] *= 0.5  # shading varies the skin's lightness more than its colour
     cheeks = (_ellipse(u, v, 0.38, 0.62, 0.06, 0.06) | _ellipse(u, v, 0.62, 0.62, 0.06, 0.06))
     top = (np.abs(u - 0.5) < 0.14) & (v > 0.08) & (v < 0.22) & cut  # above the forehead: the hair's colour
-    far = np.full(lab.shape[:2], 1e3, np.float32)
     d_skin = _colour_distance(lab, lab[cheeks], floor=16.0)
     d_hair = _colour_distance(lab, lab[top], floor=25.0)
-    d_skin = far if d_skin is None else d_skin
-    d_hair = far if d_hair is None else d_hair
     # skin: the cheeks' colour, and closer to it than to the hair's (fair hair is near fair skin)
-    skin = _likeness(d_skin) * np.clip(0.5 + (d_hair - d_skin), 0, 1)
+    skin = np.zeros(lab.shape[:2], np.float32)
+    if d_skin is not None:
+        skin = _likeness(d_skin) * (1.0 if d_hair is None else np.clip(0.5 + (d_hair - d_skin), 0, 1))
     skin = np.maximum(skin, _ellipse(u, v, 0.5, 0.62, 0.17, 0.2))
-    like_hair = _likeness(d_hair) if d_hair is not far else np.ones_like(skin)
+    like_hair = np.ones_like(skin) if d_hair is None else _likeness(d_hair)
     # GrabCut loses dark hair against a dark background: inside the head's outline, what has
     # the hair's colour is kept as well
-    person = cut | (_ellipse(u, v, 0.5, 0.45, 0.36, 0.42) & (like_hair > 0.5))
+    person = cut | (_ellipse(u, v, *HEAD_OUTLINE) & (like_hair > 0.5))
     hair = person * (1 - skin)
     # Below the jaw (the chin sits at about 0.86) the person is clothes, or hair falling onto
     # them: there only what has the hair's colour counts as hair.
