@@ -27,7 +27,7 @@ from engine.core.checkpoint import LoadedModel
 from engine.core.edit import BrushOptimizer, BrushRule, MaskSettings, check_latent, render, stamp_segment
 from engine.core.faces import Face
 from engine.core.images import Photo, to_tensor, to_uint8
-from engine.core.regions import find_regions
+from engine.core.regions import Regions, find_regions
 
 REFINE_STEPS_ON_RELEASE = 4
 
@@ -91,7 +91,7 @@ class EditSession:
         self.transform = face.transform(self.resolution)
         crop = align.warp_to_crop(self.photo.pixels, self.transform, self.resolution)
         self.x = to_tensor(crop).to(self.device)
-        self.regions = find_regions(self.photo.pixels, self.transform, self.resolution)
+        self._regions: Regions | None = None
         self._region: tuple[frozenset[str], torch.Tensor] | None = None
         with torch.inference_mode():
             if z0 is None:
@@ -359,6 +359,13 @@ class EditSession:
                 shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain, self.slider_region())
             self._render = CropRender(shown, generated, mask)
         return self._render
+
+    @property
+    def regions(self) -> Regions:
+        """The face's region map, found when a slider first needs it (a brush-only edit never does)."""
+        if self._regions is None:
+            self._regions = find_regions(self.photo.pixels, self.transform, self.resolution)
+        return self._regions
 
     def slider_region(self) -> torch.Tensor | None:
         """(1, 1, R, R): where the set sliders' change may show (the person, or for hair
