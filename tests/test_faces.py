@@ -77,6 +77,17 @@ def test_two_faces_are_both_found(astronaut: np.ndarray) -> None:
     assert centres[0] < 250 < centres[1]
 
 
+@pytest.mark.parametrize("box", [(182, 272, 72, 145), (185, 268, 75, 150)])
+def test_a_face_that_fills_the_photo_is_found(astronaut: np.ndarray, box: tuple[int, int, int, int]) -> None:
+    # cut at the brows' height above and through the mouth below: the face runs off every
+    # edge, where the cascade's window cannot reach without the bordered search
+    x0, x1, y0, y1 = box
+    crop = np.ascontiguousarray(astronaut[y0:y1, x0:x1])
+    faces = find_faces(crop)
+    assert len(faces) == 1
+    assert _eye_error(faces[0].eyes, ASTRONAUT_EYES - [x0, y0]) < MAX_EYE_ERROR
+
+
 def test_no_face_in_the_camera_photo_nor_in_a_flat_image() -> None:
     camera = np.asarray(Image.open(RESOURCES / "camera.png").convert("RGB"))
     assert find_faces(camera) == []

@@ -2,13 +2,14 @@
 
 ``find_faces(pixels)`` returns every face it finds, best first, each with its eye centres
 in photo coordinates. Tilted faces are found by also searching copies of the photo turned
-by +-30 degrees. Eyes come from OpenCV's eye cascade inside the face when it finds a
+by +-30 degrees; a face that fills the photo and runs off its edges is found in a copy
+with a border around it. Eyes come from OpenCV's eye cascade inside the face when it finds a
 plausible pair, otherwise from the face box's geometry (measured on aligned CelebA).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -17,6 +18,12 @@ from engine.core import align
 
 DETECT_MAX_SIDE = 960  # photos are searched at most this large
 ANGLES = (0.0, -30.0, 30.0)
+# Faces at least this fraction of the photo's short side are also searched for in a copy
+# with a border of FRAME_BORDER times its long side (replicated edge pixels) around it.
+# When no face that large is found, the surest face in that copy is taken, asking
+# FRAMED_NEIGHBOURS agreeing windows of the cascade (5 in the plain search).
+# That copy is shrunk until such a face is at most FRAMED_FACE_PX wide.
+LARGE_FACE_FRACTION, FRAME_BORDER, FRAMED_NEIGHBOURS, FRAMED_FACE_PX = 0.4, 0.45, 3, 120
 # Where the eyes sit in a frontal-face cascade box (fractions of the box side), measured
 # on 600 aligned CelebA images: eye midpoint offset from the box centre, eye distance.
 BOX_EYE_DX, BOX_EYE_DY, BOX_EYE_DIST = -0.009, -0.115, 0.374
@@ -118,19 +125,14 @@ def _rotate(gray: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
     return out, align.invert(m)
 
 
-def find_faces(pixels: np.ndarray, min_face_fraction: float = 0.06) -> list[Face]:
-    """All faces in an RGB photo, largest-and-surest first."""
-    h, w = pixels.shape[:2]
-    scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
-    small = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA) if scale < 1 else pixels
-    gray = _gray(small)
-    min_side = max(20, int(min_face_fraction * min(gray.shape[:2])))
+def _candidates(gray: np.ndarray, min_side: int, offset: float = 0.0, neighbours: int = 5) -> list[Face]:
+    """Every cascade detection in ``gray`` (upright and turned copies) at least ``min_side``
+    pixels wide, with its eyes, moved by ``-offset`` (the width of a border added around it)."""
     cands: list[Face] = []
     for angle in ANGLES:
         img, back = (gray, None) if angle == 0 else _rotate(gray, angle)
         rects, _, weights = _cascade("haarcascade_frontalface_default.xml").detectMultiScale3(
-            img, 1.1, 5, minSize=(min_side, min_side), outputRejectLevels=True)
+            img, 1.1, neighbours, minSize=(min_side, min_side), outputRejectLevels=True)
         for (x, y, s, _), wgt in zip(rects, np.ravel(weights) if len(rects) else [], strict=False):
             # in the turned copy the face is upright: work there, then map back
             est_eyes, corners = face_from_box(x + s / 2, y + s / 2, float(s), 0.0)
@@ -139,16 +141,47 @@ def find_faces(pixels: np.ndarray, min_face_fraction: float = 0.06) -> list[Face
             e = eyes if eyes is not None else est_eyes
             if back is not None:
                 e, corners = align.apply(back, e), align.apply(back, corners)
-            cands.append(Face(eyes=e / scale, box=corners / scale, score=float(wgt), eyes_found=found))
-    # one face may be found at several angles: keep the surest
-    cands.sort(key=lambda f: (f.eyes_found, f.score), reverse=True)
+            cands.append(Face(eyes=e - offset, box=corners - offset, score=float(wgt), eyes_found=found))
+    return cands
+
+
+def find_faces(pixels: np.ndarray, min_face_fraction: float = 0.06) -> list[Face]:
+    """All faces in an RGB photo, largest-and-surest first."""
+    h, w = pixels.shape[:2]
+    scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
+    small = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA) if scale < 1 else pixels
+    gray = _gray(small)
+    short = min(gray.shape[:2])
+    cands = _candidates(gray, max(20, int(min_face_fraction * short)))
+    # A face that fills the frame (a selfie, a portrait cut at the chin) runs off the photo's
+    # edges, where the cascade's window cannot reach. When no large face was found, look for
+    # one in a copy with a border: only large windows, so it costs little, and only the surest
+    # (a photo that one face fills holds no other large face; the border's smeared edge
+    # pixels sometimes pass for one).
+    large = max(20, int(LARGE_FACE_FRACTION * short))
+    if not any(_side(f) >= large for f in cands):
+        shrink = min(1.0, FRAMED_FACE_PX / large)  # large faces need no more pixels than this
+        reduced = cv2.resize(gray, (round(gray.shape[1] * shrink), round(gray.shape[0] * shrink)),
+                             interpolation=cv2.INTER_AREA) if shrink < 1 else gray
+        pad = int(FRAME_BORDER * max(reduced.shape[:2]))
+        framed = cv2.copyMakeBorder(reduced, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        best = sorted(_candidates(framed, round(large * shrink), offset=pad, neighbours=FRAMED_NEIGHBOURS),
+                      key=_sureness, reverse=True)[:1]
+        cands += [replace(f, eyes=f.eyes / shrink, box=f.box / shrink) for f in best]
+    # one face may be found at several angles and in both searches: keep the surest
+    cands.sort(key=_sureness, reverse=True)
     faces: list[Face] = []
     for f in cands:
         c, side = f.box.mean(0), _side(f)
         if all(np.hypot(*(c - k.box.mean(0))) > 0.5 * max(side, _side(k)) for k in faces):
-            faces.append(f)
+            faces.append(replace(f, eyes=f.eyes / scale, box=f.box / scale))
     faces.sort(key=lambda f: _side(f) * (1.0 + 0.1 * f.score), reverse=True)
     return faces
+
+
+def _sureness(face: Face) -> tuple[bool, float]:
+    return face.eyes_found, face.score
 
 
 def _side(face: Face) -> float:
