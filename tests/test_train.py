@@ -198,6 +198,21 @@ def test_conditioned_training_learns_what_the_attributes_mean(tmp_path: Path) ->
     assert (run / "grid-0000006.png").exists()
 
 
+def test_faces_without_labels_are_reconstructed_with_the_encoders_reading() -> None:
+    from engine.tools.train import Trainer
+
+    a = torch.tensor([[1.0, -1.0], [0.0, 0.0], [0.0, 1.0]])  # labelled, unlabelled, half
+    read = torch.tensor([[3.0, 3.0], [0.0, 2.0], [-2.0, -2.0]], requires_grad=True)
+    given = Trainer.reconstruction_labels(a, read)
+    p = 2 * torch.sigmoid(read.detach()) - 1
+    assert torch.equal(given[0], a[0])
+    assert torch.allclose(given[1], p[1])
+    assert given[2, 0] == p[2, 0]
+    assert given[2, 1] == 1.0
+    assert not given.requires_grad  # the reading is a target here, not something to move
+    assert torch.equal(Trainer.reconstruction_labels(a, None), a)
+
+
 def test_a_conditioned_model_needs_labelled_data(tmp_path: Path) -> None:
     data = make_cache(tmp_path / "data")
     with pytest.raises(ValueError, match="no labels for Smiling"):

@@ -195,6 +195,15 @@ class Trainer:
         frac = min(1.0, (step - o.lr_decay_from) / (o.steps - o.lr_decay_from))
         return o.lr * (1.0 - 0.9 * frac)
 
+    @staticmethod
+    def reconstruction_labels(a: torch.Tensor, read: torch.Tensor | None) -> torch.Tensor:
+        """The decoder's attribute input for reconstructing the batch: the labels where they are
+        known, and where they are not (LFW has none) what the encoder reads in the photo, 2p - 1,
+        as an edit session starts from (not 0, which no photo is opened with)."""
+        if read is None:
+            return a
+        return torch.where(a != 0, a, (2 * torch.sigmoid(read) - 1).detach())
+
     def edited_labels(self, a: torch.Tensor) -> torch.Tensor:
         """AttGAN's edit: each face gets the labels of another face of the batch (a real, so
         plausible, combination; many attributes turn over at once); where those are unknown, its own."""
@@ -225,7 +234,9 @@ class Trainer:
         zp = torch.randn(mu.shape, generator=self.noise, device=self.device)
         if conditioned:  # reconstruct with the true labels, sample with none, edit with turned ones
             b = self.edited_labels(a)
-            out = self.dec(torch.cat([z, zp, z]), torch.cat([a, torch.zeros_like(a), b]))
+            given = self.reconstruction_labels(a, read)
+            edit = torch.where(b != 0, b, given)
+            out = self.dec(torch.cat([z, zp, z]), torch.cat([given, torch.zeros_like(a), edit]))
         else:
             out = self.dec(torch.cat([z, zp]))
         xr, xs, xe = out[:n], out[n:2 * n], out[2 * n:]
