@@ -20,7 +20,7 @@ DETECT_MAX_SIDE = 960  # photos are searched at most this large
 ANGLES = (0.0, -30.0, 30.0)
 # Faces at least this fraction of the photo's short side are also searched for in a copy
 # with a border of FRAME_BORDER times its long side (replicated edge pixels) around it.
-# When no face that large is found, the surest face in that copy is taken, asking
+# When no face that large (nor any with both eyes) is found, the surest face in that copy is taken, asking
 # FRAMED_NEIGHBOURS agreeing windows of the cascade (5 in the plain search).
 # That copy is shrunk until such a face is at most FRAMED_FACE_PX wide.
 LARGE_FACE_FRACTION, FRAME_BORDER, FRAMED_NEIGHBOURS, FRAMED_FACE_PX = 0.4, 0.45, 3, 120
@@ -155,12 +155,13 @@ def find_faces(pixels: np.ndarray, min_face_fraction: float = 0.06) -> list[Face
     short = min(gray.shape[:2])
     cands = _candidates(gray, max(20, int(min_face_fraction * short)))
     # A face that fills the frame (a selfie, a portrait cut at the chin) runs off the photo's
-    # edges, where the cascade's window cannot reach. When no large face was found, look for
-    # one in a copy with a border: only large windows, so it costs little, and only the surest
-    # (a photo that one face fills holds no other large face; the border's smeared edge
-    # pixels sometimes pass for one).
+    # edges, where the cascade's window cannot reach. When no large face was found, nor any
+    # face with both eyes (a sure one: the photo is not a close-up), look for one in a copy
+    # with a border: only large windows, so it costs little, and only the surest (a photo
+    # that one face fills holds no other large face; the border's smeared edge pixels
+    # sometimes pass for one).
     large = max(20, int(LARGE_FACE_FRACTION * short))
-    if not any(_side(f) >= large for f in cands):
+    if not any(_side(f) >= large or f.eyes_found for f in cands):
         shrink = min(1.0, FRAMED_FACE_PX / large)  # large faces need no more pixels than this
         reduced = cv2.resize(gray, (round(gray.shape[1] * shrink), round(gray.shape[0] * shrink)),
                              interpolation=cv2.INTER_AREA) if shrink < 1 else gray
