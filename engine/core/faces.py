@@ -147,11 +147,8 @@ def _candidates(gray: np.ndarray, min_side: int, offset: float = 0.0, neighbours
 
 def find_faces(pixels: np.ndarray, min_face_fraction: float = 0.06) -> list[Face]:
     """All faces in an RGB photo, largest-and-surest first."""
-    h, w = pixels.shape[:2]
-    scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
-    small = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA) if scale < 1 else pixels
-    gray = _gray(small)
+    scale = min(1.0, DETECT_MAX_SIDE / max(pixels.shape[:2]))
+    gray = _gray(_shrunk(pixels, scale))
     short = min(gray.shape[:2])
     cands = _candidates(gray, max(20, int(min_face_fraction * short)))
     # A face that fills the frame (a selfie, a portrait cut at the chin) runs off the photo's
@@ -163,8 +160,7 @@ def find_faces(pixels: np.ndarray, min_face_fraction: float = 0.06) -> list[Face
     large = max(20, int(LARGE_FACE_FRACTION * short))
     if not any(_side(f) >= large or f.eyes_found for f in cands):
         shrink = min(1.0, FRAMED_FACE_PX / large)  # large faces need no more pixels than this
-        reduced = cv2.resize(gray, (round(gray.shape[1] * shrink), round(gray.shape[0] * shrink)),
-                             interpolation=cv2.INTER_AREA) if shrink < 1 else gray
+        reduced = _shrunk(gray, shrink)
         pad = int(FRAME_BORDER * max(reduced.shape[:2]))
         framed = cv2.copyMakeBorder(reduced, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
         best = sorted(_candidates(framed, round(large * shrink), offset=pad, neighbours=FRAMED_NEIGHBOURS),
@@ -179,6 +175,14 @@ def find_faces(pixels: np.ndarray, min_face_fraction: float = 0.06) -> list[Face
             faces.append(replace(f, eyes=f.eyes / scale, box=f.box / scale))
     faces.sort(key=lambda f: _side(f) * (1.0 + 0.1 * f.score), reverse=True)
     return faces
+
+
+def _shrunk(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` resized by ``factor`` when it is below 1 (area averaging), else itself."""
+    if factor >= 1:
+        return image
+    h, w = image.shape[:2]
+    return cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
 
 
 def _sureness(face: Face) -> tuple[bool, float]:
