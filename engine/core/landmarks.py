@@ -77,23 +77,23 @@ class EyeRefiner:
         for _ in range(rounds):
             # the mean answer over crops a little wider and narrower than the estimate says
             mid = eyes.mean(axis=0)
-            answers = []
-            for zoom in CROP_ZOOMS:
-                t = align.eyes_to_crop(mid + (eyes - mid) * zoom, INPUT)
-                answers.append(align.apply(align.invert(t), self._eyes_in_crop(_crop_gray(pixels, t))))
-            eyes = np.mean(answers, axis=0)
+            cuts = [align.eyes_to_crop(mid + (eyes - mid) * zoom, INPUT) for zoom in CROP_ZOOMS]
+            found = self._eyes_in_crops(np.stack([_crop_gray(pixels, t) for t in cuts]))
+            eyes = np.mean([align.apply(align.invert(t), e) for t, e in zip(cuts, found, strict=True)], axis=0)
         return eyes
 
-    def _eyes_in_crop(self, crop: np.ndarray) -> np.ndarray:
-        """(2, 2) eye centres in a 64x64 crop: the mean of the network's answer for the crop
-        and, mirrored back, for its mirror image (a face's mirror is a face, and averaging the
-        two cancels the network's left-right biases: on 300 held-out CelebA photos, median
-        error 0.036 -> 0.032 of the inter-ocular distance, p90 0.067 -> 0.060)."""
-        pair = torch.from_numpy(np.stack([crop, crop[:, ::-1].copy()]))[:, None]
-        found = align.template_points(INPUT) + self.net(pair).double().numpy().reshape(2, 2, 2) * INPUT
-        mirrored = found[1, ::-1].copy()  # the mirror's left eye is the face's right eye
-        mirrored[:, 0] = INPUT - 1 - mirrored[:, 0]
-        return (found[0] + mirrored) / 2
+    def _eyes_in_crops(self, crops: np.ndarray) -> np.ndarray:
+        """(N, 2, 2) eye centres in N 64x64 crops, in one pass of the network: for each, the mean
+        of its answer for the crop and, mirrored back, for the crop's mirror image (a face's
+        mirror is a face, and averaging the two cancels the network's left-right biases: on 300
+        held-out CelebA photos, median error 0.036 -> 0.032 of the inter-ocular distance, p90
+        0.067 -> 0.060)."""
+        n = len(crops)
+        both = torch.from_numpy(np.concatenate([crops, crops[:, :, ::-1]]).copy())[:, None]
+        found = align.template_points(INPUT) + self.net(both).double().numpy().reshape(2 * n, 2, 2) * INPUT
+        mirrored = found[n:, ::-1].copy()  # the mirror's left eye is the face's right eye
+        mirrored[..., 0] = INPUT - 1 - mirrored[..., 0]
+        return (found[:n] + mirrored) / 2
 
 
 @functools.lru_cache(maxsize=4)
