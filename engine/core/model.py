@@ -248,8 +248,14 @@ class FaceModel(nn.Module):
         """Aligned crops -> the attribute intensities a conditioned decoder takes (N, K), in
         [-1, 1] (2 p - 1 of the encoder's reading); None for a plain model."""
         logits = self.encoder(x)[2]
-        return None if logits is None else 2 * torch.sigmoid(logits) - 1
+        return None if logits is None else intensities(logits)
 
     def decode(self, z: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (N, latent_dim) (and attributes (N, K)) -> images (N, 3, R, R) in [-1, 1]."""
         return self.decoder(z, a)
+
+
+def intensities(reading: torch.Tensor) -> torch.Tensor:
+    """The encoder's attribute reading (logits) as the intensities a conditioned decoder
+    takes: 2 p - 1, in [-1, 1]."""
+    return 2 * torch.sigmoid(reading) - 1

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from engine.core import checkpoint
 from engine.core.device import pick_device
 from engine.core.images import to_tensor, to_uint8
-from engine.core.model import Discriminator, FaceModel, ModelConfig
+from engine.core.model import Discriminator, FaceModel, ModelConfig, intensities
 from engine.tools.data import AlignedFaces, build_cache
 
 REAL, RECONSTRUCTED, SAMPLED = 0, 1, 2
@@ -202,7 +202,7 @@ class Trainer:
         as an edit session starts from (not 0, which no photo is opened with)."""
         if read is None:
             return a
-        return torch.where(a != 0, a, (2 * torch.sigmoid(read) - 1).detach())
+        return torch.where(a != 0, a, intensities(read).detach())
 
     def edited_labels(self, a: torch.Tensor) -> torch.Tensor:
         """AttGAN's edit: each face gets the labels of another face of the batch (a real, so
