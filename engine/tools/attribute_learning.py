@@ -366,7 +366,7 @@ def evaluate_attributes(args: EvalOptions) -> dict[str, object]:
     cache = aligned_cache(Path(args.data), res)
     test = AlignedFaces(cache, split="test", sets=("celeba",))
     judge, names = engine.folder.load_judge()
-    n = 500 if args.n is None else args.n
+    n = args.count()
     report = judge_sliders(engine, engine.attributes, judge, names, test, n=n)
     grid = Path(args.grid)
     write_attribute_grid(engine, test, grid)

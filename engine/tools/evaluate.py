@@ -259,13 +259,17 @@ class EvalOptions:
     weights: str | None = None  # model folder (default: pretrained/)
     device: str = "auto"
 
+    def count(self, default: int = 500) -> int:
+        """How many faces (or photos) to evaluate: ``n``, or the evaluation's own default."""
+        return default if self.n is None else self.n
+
 
 def evaluate(opts: EvalOptions) -> dict[str, object]:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.attributes:
         return evaluate_attributes(opts)
-    n = 500 if opts.n is None else opts.n
+    n = opts.count()
     if opts.alignment:
         refiner = ModelFolder.find(opts.weights).load_refiner()
         if landmark_folder(Path(opts.data)) is not None:
@@ -273,7 +277,7 @@ def evaluate(opts: EvalOptions) -> dict[str, object]:
         return alignment_metrics(Path(opts.data), refiner, n)
     engine = Engine.load(opts.weights, opts.device)
     if opts.photo_edits:
-        return photo_edit_metrics(engine, Path(opts.data), 24 if opts.n is None else opts.n)
+        return photo_edit_metrics(engine, Path(opts.data), opts.count(24))
     model = engine.loaded.model
     res = engine.loaded.config.resolution
     crops, source, missed = load_eval_crops(Path(opts.data), res, n, engine.refiner)
@@ -516,10 +520,9 @@ def alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300, seed
             err_refined.append(errors[1])
         times.append(time.perf_counter() - t0)
 
-    stats = _error_stats
     out: dict[str, object] = {"n": len(pick), "detected": found, "detection_rate": round(found / len(pick), 3),
-                              "eye_error_cascade": stats(err_cascade) if err_cascade else None,
+                              "eye_error_cascade": _error_stats(err_cascade) if err_cascade else None,
                               "ms_per_photo": round(1000 * float(np.median(times)), 1) if times else None}
     if err_refined:
-        out["eye_error_refined"] = stats(err_refined)
+        out["eye_error_refined"] = _error_stats(err_refined)
     return out
