@@ -151,6 +151,34 @@ def test_judge_shapes() -> None:
     assert j(torch.zeros(2, 3, 32, 32)).shape == (2, 40)
 
 
+def test_the_judge_reads_a_crop_at_the_resolution_it_was_trained_on(tmp_path: Path) -> None:
+    """A 128-px model's crops are scored as the judge saw faces in training (64 px), not as
+    faces twice the size: the same smooth face at 32 and at 64 px gets the same scores."""
+    import json
+
+    import torch.nn.functional as F
+
+    from engine.core.judge import judge_scores, load_judge, save_judge
+
+    torch.manual_seed(0)
+    j = AttributeJudge(3, resolution=32)
+    with torch.no_grad():
+        for p in j.parameters():
+            p.normal_(0, 0.15)
+    save_judge(j.eval(), tmp_path, ["A", "B", "C"], {})
+    judge, names = load_judge(tmp_path)
+    assert judge.resolution == 32 and names == ["A", "B", "C"]
+    small = F.interpolate(torch.rand(4, 3, 4, 4) * 2 - 1, size=(32, 32), mode="bilinear", align_corners=False)
+    large = F.interpolate(small, size=(64, 64), mode="bilinear", align_corners=False)
+    at_32, at_64 = judge_scores(judge, small), judge_scores(judge, large)
+    as_is = torch.sigmoid(judge(large)).detach()  # read as it comes, the larger face scores otherwise
+    assert (at_64 - at_32).abs().max() < 0.1 * (as_is - at_32).abs().max()
+    meta = json.loads((tmp_path / "judge.json").read_text())
+    del meta["resolution"]  # judges saved before it was named were trained at 64 px
+    (tmp_path / "judge.json").write_text(json.dumps(meta))
+    assert load_judge(tmp_path)[0].resolution == 64
+
+
 def test_learning_and_judging_sliders_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
     """`npe attributes` then `npe eval --attributes` on a tiny labelled cache: files, figures, grid."""
     import json

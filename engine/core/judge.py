@@ -13,19 +13,24 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn import functional as F
 
 from engine.core.checkpoint import ModelError, read_tensors
 from engine.core.images import atomic_write
 
 WEIGHTS = "judge.safetensors"
 META = "judge.json"
+# Judges saved before judge.json named a resolution were all trained on 64-px crops.
+RESOLUTION_BEFORE_NAMED = 64
 
 
 class AttributeJudge(nn.Module):
-    """A small CNN that predicts the 40 CelebA attributes from an aligned crop in [-1, 1]."""
+    """A small CNN that predicts the 40 CelebA attributes from an aligned crop in [-1, 1] of
+    ``resolution`` pixels (the size it was trained on; other crops are resized to it)."""
 
-    def __init__(self, n_out: int = 40, width: int = 32) -> None:
+    def __init__(self, n_out: int = 40, width: int = 32, resolution: int = RESOLUTION_BEFORE_NAMED) -> None:
         super().__init__()
+        self.resolution = resolution
         chans = [3, width, 2 * width, 4 * width, 8 * width]
         layers: list[nn.Module] = []
         for a, b in zip(chans[:-1], chans[1:], strict=True):
@@ -38,25 +43,32 @@ class AttributeJudge(nn.Module):
 
 
 def judge_scores(judge: AttributeJudge, images: torch.Tensor, batch: int = 100) -> torch.Tensor:
-    """Probabilities (N, 40) for images (N, 3, R, R) in [-1, 1]."""
+    """Probabilities (N, 40) for images (N, 3, R, R) in [-1, 1], read at the judge's own
+    resolution (its filters only know faces of that size)."""
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            out.append(torch.sigmoid(judge(images[i:i + batch])))
+            x = images[i:i + batch]
+            if x.shape[-1] != judge.resolution:
+                x = F.interpolate(x, size=(judge.resolution, judge.resolution), mode="bilinear",
+                                  antialias=True, align_corners=False)
+            out.append(torch.sigmoid(judge(x)))
     return torch.cat(out)
 
 
 def save_judge(judge: AttributeJudge, model_dir: Path, names: list[str], accuracy: dict[str, float]) -> None:
     save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(model_dir / WEIGHTS))
     atomic_write(model_dir / META, (json.dumps(
-        {"format_version": 1, "attribute_names": names, "held_out_accuracy": accuracy}, indent=2) + "\n").encode())
+        {"format_version": 1, "attribute_names": names, "resolution": judge.resolution, "held_out_accuracy": accuracy},
+        indent=2) + "\n").encode())
 
 
 def load_judge(model_dir: Path) -> tuple[AttributeJudge, list[str]]:
     meta_path = model_dir / META
     if not meta_path.exists():
         raise ModelError(f"{meta_path} is missing: run `npe attributes --data DIR` to train the judge")
-    names = json.loads(meta_path.read_text())["attribute_names"]
-    judge = AttributeJudge(len(names))
+    meta = json.loads(meta_path.read_text())
+    names = meta["attribute_names"]
+    judge = AttributeJudge(len(names), resolution=int(meta.get("resolution", RESOLUTION_BEFORE_NAMED)))
     judge.load_state_dict(read_tensors(model_dir / WEIGHTS))
     return judge.eval(), names

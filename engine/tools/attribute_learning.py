@@ -73,7 +73,7 @@ def train_judge(faces: object, epochs: int = 4, batch: int = 64, seed: int = 0) 
     rows = np.nonzero(np.abs(labels).sum(1) > 0)[0]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    judge = AttributeJudge(labels.shape[1])
+    judge = AttributeJudge(labels.shape[1], resolution=faces.resolution)  # type: ignore[attr-defined]
     opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
     steps = epochs * (len(rows) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
