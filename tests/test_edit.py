@@ -183,3 +183,30 @@ def test_npe_eval_measures_edits_on_whole_photos(tiny_model_dir, tmp_path, astro
     assert figures["slider_background_change_255"] >= 0
     assert figures["slider_skin_change_255"] >= 0
     assert figures["slider_hair_change_255"] > figures["slider_background_change_255"]  # the edit is on the head
+
+
+class _Identity(torch.nn.Module):
+    """A 'model' that reconstructs exactly what it reads."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def attributes_of(self, x: torch.Tensor) -> None:
+        return None
+
+    def decode(self, z: torch.Tensor, a: None = None) -> torch.Tensor:
+        return z
+
+
+def test_models_of_other_resolutions_are_scored_on_the_same_faces_at_the_same_size() -> None:
+    """--compare-at: a model that reads and draws faces at half the size loses their fine
+    detail, which the figures at the full size must show; at its own size it loses nothing."""
+    from engine.tools.evaluate import reconstruction_metrics
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    own = reconstruction_metrics(_Identity(), faces, resolution=32)
+    assert own["psnr"] > 90 and own["ssim"] > 0.999 and abs(own["sharpness"] - 1) < 1e-4
+    half = reconstruction_metrics(_Identity(), faces, resolution=16)
+    assert half["psnr"] < 20 and half["sharpness"] < 0.3
+    assert reconstruction_metrics(_Identity(), faces) == own  # no resolution given: read as they come

@@ -334,6 +334,8 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
     p.add_argument("--alignment", action="store_true", help="evaluate face detection and eye alignment instead")
     p.add_argument("--photo-edits", action="store_true",
                    help="instead: edits on whole photos at their own resolution (texture ratio, background change)")
+    p.add_argument("--compare-at", type=int, default=None, metavar="PX",
+                   help="also score reconstructions at PX pixels: the same faces for models of any resolution")
     p.add_argument("--rule", default="adam", choices=("adam", "sgd2016"), help="brush update rule to measure")
     p.add_argument("--brush-n", type=int, default=24, help="faces to replay the brush strokes on")
     p.add_argument("--threads", type=int, default=0)

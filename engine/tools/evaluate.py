@@ -89,14 +89,27 @@ def laplacian_energy(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(grey, k).pow(2).mean(dim=(1, 2, 3))
 
 
-def reconstruction_metrics(model: torch.nn.Module, crops: np.ndarray, batch: int = 50) -> dict[str, float]:
+def _resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, R, R) images resized to ``size`` (antialiased when shrinking)."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def reconstruction_metrics(model: torch.nn.Module, crops: np.ndarray, batch: int = 50,
+                           resolution: int | None = None) -> dict[str, float]:
+    """PSNR, SSIM and sharpness of the model's reconstructions of ``crops`` (N, S, S, 3 uint8).
+    When the model's ``resolution`` is not S, it reads the crops resized to its own size and
+    its reconstructions are resized back to S: models of different resolutions are then
+    scored on the same faces at the same size."""
     psnrs, ssims, sharp_r, sharp_o = [], [], [], []
     for i in range(0, len(crops), batch):
-        x = to_tensor(crops[i:i + batch])
+        x01 = torch.from_numpy(crops[i:i + batch]).permute(0, 3, 1, 2).float() / 255
+        x = _resized(x01, resolution or x01.shape[-1]) * 2 - 1
         with torch.inference_mode():
             r = model.decode(model.encode(x), model.attributes_of(x))  # type: ignore[operator]
-        x01 = torch.from_numpy(crops[i:i + batch]).permute(0, 3, 1, 2).float() / 255
         r01 = torch.from_numpy(to_uint8(r)).permute(0, 3, 1, 2).float() / 255
+        r01 = _resized(r01, x01.shape[-1]).clamp(0, 1)
         mse = (x01 - r01).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
         psnrs.append(10 * torch.log10(1 / mse))
         ssims.append(ssim(x01, r01))
@@ -253,6 +266,7 @@ class EvalOptions:
     attributes: bool = False  # the attribute sliders instead
     alignment: bool = False  # face detection and eye alignment instead
     photo_edits: bool = False  # edits on whole photos at their own resolution instead (texture, background)
+    compare_at: int | None = None  # also score reconstructions at this size (models of any resolution, same faces)
     rule: str = "adam"  # brush update rule to measure (adam or sgd2016)
     brush_n: int = 24  # faces to replay the brush strokes on
     threads: int = 0  # CPU threads (0: torch's default)
@@ -287,6 +301,9 @@ def evaluate(opts: EvalOptions) -> dict[str, object]:
     if missed:
         out["skipped_no_face"] = missed
     out.update(reconstruction_metrics(model, crops))
+    if opts.compare_at:
+        same, _, _ = load_eval_crops(Path(opts.data), opts.compare_at, n, engine.refiner)
+        out[f"at_{opts.compare_at}px"] = reconstruction_metrics(model, same, resolution=res)
     n_brush = min(len(crops), opts.brush_n)
     rule = BrushRule(opts.rule)
     out.update(brush_metrics(engine, crops[:n_brush], rule))
