@@ -79,6 +79,34 @@ def test_future_format_version(tmp_path: Path, tiny_model_dir: Path) -> None:
         load_model(d)
 
 
+@pytest.mark.parametrize("brush", [{"lr": 0.05}, {"rate": 0.05}, {"kind": "sgd"}, [0.05]])
+def test_a_model_brings_its_own_brush_settings(tmp_path: Path, tiny_model_dir: Path, brush: object) -> None:
+    """How far a stroke moves the latent is chosen per model (config.json 'brush'); a session
+    brushes with it unless told otherwise, and a wrong entry is a clear error, not a crash."""
+    import numpy as np
+
+    from engine.core.edit import BrushRule
+    from engine.core.faces import whole_image_face
+    from engine.core.images import Photo
+    from engine.core.session import EditSession
+
+    assert load_model(tiny_model_dir).brush_rule == BrushRule()  # none named: the defaults
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["brush"] = brush
+    (d / "config.json").write_text(json.dumps(cfg))
+    if brush != {"lr": 0.05}:
+        with pytest.raises(ModelError, match="brush settings are invalid"):
+            load_model(d)
+        return
+    loaded = load_model(d)
+    r = TINY.resolution
+    photo = Photo(np.full((r, r, 3), 128, np.uint8))
+    assert EditSession(loaded, photo, whole_image_face(r, r)).rule == BrushRule(lr=0.05)
+    told = BrushRule("sgd2016")
+    assert EditSession(loaded, photo, whole_image_face(r, r), rule=told).rule == told
+
+
 def test_garbage_config(tmp_path: Path, tiny_model_dir: Path) -> None:
     d = _copy(tiny_model_dir, tmp_path / "m")
     (d / "config.json").write_text("{not json")

@@ -2,7 +2,9 @@
 
 A model folder holds:
 
-    config.json          {"format_version": 1, "model": {ModelConfig}, ...}
+    config.json          {"format_version": 1, "model": {ModelConfig}, ...,
+                          "brush": {BrushRule fields} (optional: the brush settings chosen for
+                          this model by `npe eval`; absent, the defaults)}
     model.safetensors    encoder.* and decoder.* tensors
     attributes.safetensors + attributes.json   (optional) attribute directions
 
@@ -21,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from engine.core.edit import BrushRule
 from engine.core.images import atomic_write
 from engine.core.model import FaceModel, ModelConfig
 
@@ -46,6 +49,19 @@ class LoadedModel:
     @property
     def model_id(self) -> str:
         return str(self.meta.get("model_id", self.path.name))
+
+    @property
+    def brush_rule(self) -> BrushRule:
+        """The brush settings chosen for this model (config.json's ``brush``), or the defaults:
+        how far a stroke moves the latent depends on the decoder."""
+        return _brush_rule(self.meta)
+
+
+def _brush_rule(meta: dict[str, object]) -> BrushRule:
+    brush = meta.get("brush", {})
+    if not isinstance(brush, dict):
+        raise TypeError("'brush' must be an object of BrushRule fields")
+    return BrushRule(**brush)
 
 
 def default_model_dir() -> Path:
@@ -90,6 +106,10 @@ def load_model(model_dir: str | os.PathLike[str] | None = None, device: str | to
         cfg = ModelConfig.from_dict(meta["model"])  # type: ignore[arg-type]
     except (TypeError, ValueError) as e:
         raise ModelError(f"model config {d / CONFIG_NAME} is invalid ({e}): {FIX_HINT}") from None
+    try:
+        _brush_rule(meta)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"model config {d / CONFIG_NAME}: its brush settings are invalid ({e}): {FIX_HINT}") from None
     tensors = read_tensors(d / WEIGHTS_NAME)
     model = FaceModel(cfg)
     expected = model.state_dict()

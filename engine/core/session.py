@@ -72,7 +72,7 @@ class CropRender:
 class EditSession:
     def __init__(self, model: LoadedModel, photo: Photo, face: Face, device: str | torch.device = "cpu",
                  attributes: AttributeSet | None = None, mask: MaskSettings = MaskSettings(),
-                 rule: BrushRule = BrushRule(), z0: np.ndarray | None = None) -> None:
+                 rule: BrushRule | None = None, z0: np.ndarray | None = None) -> None:
         self.model = model
         self.device = torch.device(device)
         self.decoder = model.model.decoder
@@ -80,7 +80,7 @@ class EditSession:
         self.latent_dim = model.config.latent_dim
         self.attributes = attributes if attributes is not None else AttributeSet.empty(self.latent_dim)
         self.mask_settings = mask
-        self.rule = rule
+        self.rule = rule or model.brush_rule  # the model's own brush settings unless told otherwise
         self.photo = photo
         self.set_face(face, z0)
 

@@ -21,7 +21,7 @@ exactly as the editor does, one latent update per mouse sample):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -136,7 +136,7 @@ def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = No
         photo = Photo(pixels=crop, name="eval")
         for spec in STROKES:
             s = EditSession(loaded, photo, whole_image_face(res, res), engine.device,  # type: ignore[attr-defined]
-                            rule=rule or BrushRule(), mask=mask or MaskSettings())
+                            rule=rule or loaded.brush_rule, mask=mask or MaskSettings())
             radius = spec.radius * res
             samples = _stroke_samples(spec, res)
             t0 = time.perf_counter()
@@ -160,7 +160,7 @@ def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = No
         "brush_color_error_reduction": round(float(np.mean(reductions)), 4),
         "outside_change": round(float(np.mean(outside)), 5),
         "brush_per_stroke": {k: round(float(np.mean(v)), 4) for k, v in per_stroke.items()},
-        "brush_rule": (rule or BrushRule()).kind,
+        "brush_rule": asdict(rule or loaded.brush_rule),
         "brush_ms_per_event": round(float(np.median(ms)), 2),
     }
 
@@ -179,7 +179,8 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(a, cv2.COLOR_RGB2Lab).reshape(np.shape(rgb))
 
 
-def export_lab_metrics(engine: Engine, crops: np.ndarray, scale: int = 4) -> dict[str, dict[str, float]]:
+def export_lab_metrics(engine: Engine, crops: np.ndarray, scale: int = 4,
+                       rule: BrushRule | None = None) -> dict[str, dict[str, float]]:
     """``STROKES`` on each crop enlarged ``scale`` times, measured in CIELAB on the exported photo
     under the stroke (its centre line widened to 0.8 of the brush radius)."""
     res = engine.loaded.config.resolution
@@ -189,7 +190,8 @@ def export_lab_metrics(engine: Engine, crops: np.ndarray, scale: int = 4) -> dic
         big = cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
         photo = Photo(pixels=big, name="eval")
         for spec in STROKES:
-            s = EditSession(engine.loaded, photo, whole_image_face(size, size), engine.device, engine.attributes)
+            s = EditSession(engine.loaded, photo, whole_image_face(size, size), engine.device, engine.attributes,
+                            rule=rule)
             samples = _stroke_samples(spec, size)
             s.paint(spec.color, spec.radius * size, [(float(x), float(y)) for x, y in samples])
             exported = s.composite()
@@ -268,6 +270,7 @@ class EvalOptions:
     photo_edits: bool = False  # edits on whole photos at their own resolution instead (texture, background)
     compare_at: int | None = None  # also score reconstructions at this size (models of any resolution, same faces)
     rule: str = "adam"  # brush update rule to measure (adam or sgd2016)
+    brush_lr: float | None = None  # the brush's step size to measure (None: the model's own)
     brush_n: int = 24  # faces to replay the brush strokes on
     threads: int = 0  # CPU threads (0: torch's default)
     weights: str | None = None  # model folder (default: pretrained/)
@@ -305,9 +308,11 @@ def evaluate(opts: EvalOptions) -> dict[str, object]:
         same, _, _ = load_eval_crops(Path(opts.data), opts.compare_at, n, engine.refiner)
         out[f"at_{opts.compare_at}px"] = reconstruction_metrics(model, same, resolution=res)
     n_brush = min(len(crops), opts.brush_n)
-    rule = BrushRule(opts.rule)
+    rule = replace(engine.loaded.brush_rule, kind=opts.rule)
+    if opts.brush_lr is not None:
+        rule = replace(rule, lr=opts.brush_lr)
     out.update(brush_metrics(engine, crops[:n_brush], rule))
-    out["brush_export_lab"] = export_lab_metrics(engine, crops[:max(1, n_brush // 3)])
+    out["brush_export_lab"] = export_lab_metrics(engine, crops[:max(1, n_brush // 3)], rule=rule)
     out["brush_n"] = n_brush
     grid = Path(opts.grid)
     write_grid(model, crops, grid, engine.loaded.config.latent_dim)
