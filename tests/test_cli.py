@@ -43,13 +43,20 @@ def test_info_prints_json(tiny_model_dir: Path, capsys: pytest.CaptureFixture[st
     assert info["weights"].endswith("model.safetensors")
 
 
-def test_bench_prints_every_figure(tiny_model_dir: Path, face_photo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--weights", str(tiny_model_dir), "--device", "cpu", "--threads", "1",
+@pytest.mark.parametrize("model", ["tiny_model_dir", "tiny_conditioned_model_dir"])
+def test_bench_prints_every_figure(model: str, face_photo: Path, capsys: pytest.CaptureFixture[str],
+                                   request: pytest.FixtureRequest) -> None:
+    """Every figure, for a model with latent-direction sliders and for a conditioned one (whose
+    sliders move its attribute input)."""
+    weights = request.getfixturevalue(model)
+    assert main(["bench", "--weights", str(weights), "--device", "cpu", "--threads", "1",
                  "--photo", str(face_photo), "--events", "20"]) == 0
     figures = json.loads(capsys.readouterr().out)
     for key in ("decoder_step_ms", "open_to_editable_ms", "brush_event_ms_p50", "brush_event_ms_p95",
-                "display_ms_p95", "slider_event_ms_p50", "export_ms", "peak_rss_mb"):
+                "display_ms_p95", "slider_first_event_ms", "slider_event_ms_p50", "slider_event_ms_p95",
+                "export_ms", "peak_rss_mb"):
         assert figures[key] > 0, key
+    assert figures["slider"] == "smiling"
     assert figures["brush_events"] == 10  # the first 10 samples warm up
 
 

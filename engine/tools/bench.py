@@ -3,6 +3,8 @@
     decoder_step_ms        one bare decoder forward + backward to the latent (the floor)
     brush_event_ms_p50/95  one mouse sample in, masked crop out (EditSession.brush_to)
     display_ms_p95         pasting that crop into the photo at screen size (what the GUI adds)
+    slider_event_ms_p50/95 one step of an attribute slider dragged 0 -> +1, shown at screen size
+    slider_first_event_ms  its first step, which also finds the face's region map
     encode_ms              encoder on one aligned crop
     open_to_editable_ms    12-megapixel JPEG: read + decode + detect + align + encode
     export_ms              the edited 12-megapixel photo composited at full size and written
@@ -147,8 +149,10 @@ def bench(args: BenchOptions) -> dict[str, object]:
         out["display_ms_p95"] = _ms(display[10:], 95)
         out["overhead_ratio"] = round(p50 / max(step_ms, 1e-6), 3)
 
-        # a slider dragged from 0 to +1 (after the stroke: the brush edit and the slider combine)
-        named = [a.name for a in engine.attributes.of_kind(SliderKind.DIRECTION)]
+        # a slider dragged from 0 to +1 (after the stroke: the brush edit and the slider combine);
+        # an attribute slider: a latent direction, or for a conditioned model an entry of its
+        # attribute input
+        named = [a.name for a in engine.attributes.attributes if a.kind is not SliderKind.PRINCIPAL]
         if named:
             slider = []
             for v in np.linspace(0.02, 1.0, 50):
@@ -159,6 +163,8 @@ def bench(args: BenchOptions) -> dict[str, object]:
                 _ = np.ascontiguousarray(frame).copy()
                 _sync(dev)
                 slider.append(time.perf_counter() - t0)
+            out["slider"] = named[0]
+            out["slider_first_event_ms"] = round(slider[0] * 1000, 1)  # with the face's region map, found once
             out["slider_event_ms_p50"] = _ms(slider[5:], 50)
             out["slider_event_ms_p95"] = _ms(slider[5:], 95)
 
