@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine.core import align
-from engine.core.attributes import SliderKind
+from engine.core.attributes import Attribute, SliderKind
 from engine.core.checkpoint import DEFAULT_MODEL_DIR, FORMAT_VERSION
 from engine.core.judge import judge_scores, load_judge
 from engine.core.pipeline import Engine, open_session
@@ -51,11 +51,13 @@ def test_info_reports_the_shipped_model() -> None:
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
+    cfg = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
     assert Path(info["weights"]).resolve() == (DEFAULT_MODEL_DIR / "model.safetensors").resolve()
-    assert info["resolution"] == 64
+    assert info["resolution"] == cfg["model"]["resolution"] in (64, 128)
     assert info["latent_dim"] == 256
-    assert info["attributes"]
-    assert set(info["attributes"]) <= set(SLIDERS)
+    named = [s["name"] for s in info["sliders"] if s["kind"] != SliderKind.PRINCIPAL.value]
+    assert named and set(named) <= set(SLIDERS)
+    assert {s["quality"] for s in info["sliders"]} <= {"good", "weak", "failing"}
 
 
 def _l1(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -66,11 +68,11 @@ def test_reconstruction_is_the_person_not_an_average_face(engine: Engine) -> Non
     session, faces = open_session(engine, ASTRONAUT)
     assert len(faces) == 1
     x = session.x
-    model = engine.loaded.model
-    with torch.inference_mode():
-        recon = model.decoder(session.z0)
-        average = model.decoder(torch.zeros_like(session.z0))
-        others = model.decoder(torch.randn(16, session.z0.shape[1], generator=torch.Generator().manual_seed(1)))
+    with torch.inference_mode():  # (a conditioned decoder is given the photo's attribute reading throughout)
+        recon = session.generate(session.z0, sliders=False)
+        average = session.generate(torch.zeros_like(session.z0), sliders=False)
+        others = session.generate(torch.randn(16, session.z0.shape[1], generator=torch.Generator().manual_seed(1)),
+                                  sliders=False)
     err = _l1(recon, x)
     assert err < 0.7 * _l1(average, x)
     # closer to the photo than any of 16 random faces from the prior
@@ -110,23 +112,29 @@ def test_dark_paint_on_the_forehead_darkens_it_and_nothing_far_away(engine: Engi
     assert chin < 0.05 * painted
 
 
-def test_attribute_directions_match_the_model_and_move_the_judge(engine: Engine) -> None:
+def _named_sliders(engine: Engine) -> list[Attribute]:
+    """The shown attribute sliders: latent directions, or a conditioned model's input entries."""
+    return [a for a in engine.attributes.visible() if a.kind is not SliderKind.PRINCIPAL]
+
+
+def test_attribute_sliders_match_the_model_and_move_the_judge(engine: Engine) -> None:
     attrs = engine.attributes
     assert attrs.latent_dim == engine.loaded.config.latent_dim
-    shown = [a for a in attrs.visible() if a.kind is SliderKind.DIRECTION]
+    shown = _named_sliders(engine)
     assert shown, "every named slider is hidden"
     judge, names = load_judge(DEFAULT_MODEL_DIR)
     session, _ = open_session(engine, ASTRONAUT)
-    dec = engine.loaded.model.decoder
     # the astronaut and seven faces from the prior
     z = torch.cat([session.z0, torch.randn(7, session.z0.shape[1], generator=torch.Generator().manual_seed(2))])
     right = 0
     for a in shown:
         _, col, sign = SLIDERS[a.name]
-        d = attrs.direction(a.name) * a.step
         with torch.inference_mode():
-            up = judge_scores(judge, dec(z + d))[:, names.index(col)]
-            down = judge_scores(judge, dec(z - d))[:, names.index(col)]
+            session.set_sliders({a.name: 1.0})
+            up = judge_scores(judge, session.decoder(z + session.slider_offset(), session.a))[:, names.index(col)]
+            session.set_sliders({a.name: -1.0})
+            down = judge_scores(judge, session.decoder(z + session.slider_offset(), session.a))[:, names.index(col)]
+        session.set_sliders({})
         right += int(float((up - down).mean()) * sign > 0)
     assert right >= 0.8 * len(shown), f"{right} of {len(shown)} shown sliders move the judge the right way"
 
@@ -138,10 +146,10 @@ def test_the_shown_sliders_change_reaches_the_photo(engine: Engine) -> None:
     session, _ = open_session(engine, ASTRONAUT)
     r = session.resolution
     inner = (..., slice(r // 5, r - r // 5), slice(r // 5, r - r // 5))  # inside the fade at the crop's border
-    for a in [a for a in engine.attributes.visible() if a.kind is SliderKind.DIRECTION]:
+    for a in _named_sliders(engine):
         session.set_sliders({a.name: 1.0})
         shown = session.render().shown
         where = (session.slider_region() > 0.9).expand_as(shown)[inner]  # type: ignore[union-attr]
         with torch.inference_mode():
-            raw = _l1(session.decoder(session.z)[inner][where], session.recon0[inner][where])
+            raw = _l1(session.generate(session.z)[inner][where], session.recon0[inner][where])
         assert _l1(shown[inner][where], session.x[inner][where]) > 0.8 * raw, a.name
