@@ -167,7 +167,8 @@ def test_the_judge_reads_a_crop_at_the_resolution_it_was_trained_on(tmp_path: Pa
             p.normal_(0, 0.15)
     save_judge(j.eval(), tmp_path, ["A", "B", "C"], {})
     judge, names = load_judge(tmp_path)
-    assert judge.resolution == 32 and names == ["A", "B", "C"]
+    assert judge.resolution == 32
+    assert names == ["A", "B", "C"]
     small = F.interpolate(torch.rand(4, 3, 4, 4) * 2 - 1, size=(32, 32), mode="bilinear", align_corners=False)
     large = F.interpolate(small, size=(64, 64), mode="bilinear", align_corners=False)
     at_32, at_64 = judge_scores(judge, small), judge_scores(judge, large)

@@ -206,7 +206,10 @@ def test_models_of_other_resolutions_are_scored_on_the_same_faces_at_the_same_si
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     own = reconstruction_metrics(_Identity(), faces, resolution=32)
-    assert own["psnr"] > 90 and own["ssim"] > 0.999 and abs(own["sharpness"] - 1) < 1e-4
+    assert own["psnr"] > 90
+    assert own["ssim"] > 0.999
+    assert abs(own["sharpness"] - 1) < 1e-4
     half = reconstruction_metrics(_Identity(), faces, resolution=16)
-    assert half["psnr"] < 20 and half["sharpness"] < 0.3
+    assert half["psnr"] < 20
+    assert half["sharpness"] < 0.3
     assert reconstruction_metrics(_Identity(), faces) == own  # no resolution given: read as they come
