@@ -45,16 +45,13 @@ class LoadedModel:
     config: ModelConfig
     path: Path
     meta: dict[str, object] = field(default_factory=dict)
+    # the brush settings chosen for this model (config.json's "brush"), or the defaults: how far
+    # a stroke moves the latent depends on the decoder
+    brush_rule: BrushRule = field(default_factory=BrushRule)
 
     @property
     def model_id(self) -> str:
         return str(self.meta.get("model_id", self.path.name))
-
-    @property
-    def brush_rule(self) -> BrushRule:
-        """The brush settings chosen for this model (config.json's ``brush``), or the defaults:
-        how far a stroke moves the latent depends on the decoder."""
-        return _brush_rule(self.meta)
 
 
 def _brush_rule(meta: dict[str, object]) -> BrushRule:
@@ -107,7 +104,7 @@ def load_model(model_dir: str | os.PathLike[str] | None = None, device: str | to
     except (TypeError, ValueError) as e:
         raise ModelError(f"model config {d / CONFIG_NAME} is invalid ({e}): {FIX_HINT}") from None
     try:
-        _brush_rule(meta)
+        brush = _brush_rule(meta)
     except (TypeError, ValueError) as e:
         raise ModelError(f"model config {d / CONFIG_NAME}: its brush settings are invalid ({e}): {FIX_HINT}") from None
     tensors = read_tensors(d / WEIGHTS_NAME)
@@ -130,7 +127,7 @@ def load_model(model_dir: str | os.PathLike[str] | None = None, device: str | to
     model.load_state_dict({k: tensors[k] for k in expected}, strict=True)
     model.eval().requires_grad_(False)
     model.to(device)
-    return LoadedModel(model=model, config=cfg, path=d, meta=meta)
+    return LoadedModel(model=model, config=cfg, path=d, meta=meta, brush_rule=brush)
 
 
 def save_model(model: FaceModel, model_dir: str | os.PathLike[str], **meta: object) -> Path:

@@ -58,6 +58,15 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return t / 127.5 - 1.0
 
 
+def resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, R, R) images resized to ``size`` x ``size`` (bilinear, antialiased when
+    shrinking); the same tensor when they already are that size."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                                           align_corners=False)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """float (3, H, W) or (N, 3, H, W) in [-1, 1] -> uint8 (H, W, 3) or (N, H, W, 3)."""
     t = images.detach().float().cpu()

@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from torch.nn import functional as F
 
 from engine.core.checkpoint import ModelError, read_tensors
-from engine.core.images import atomic_write
+from engine.core.images import atomic_write, resized
 
 WEIGHTS = "judge.safetensors"
 META = "judge.json"
@@ -48,11 +47,7 @@ def judge_scores(judge: AttributeJudge, images: torch.Tensor, batch: int = 100) 
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            x = images[i:i + batch]
-            if x.shape[-1] != judge.resolution:
-                x = F.interpolate(x, size=(judge.resolution, judge.resolution), mode="bilinear",
-                                  antialias=True, align_corners=False)
-            out.append(torch.sigmoid(judge(x)))
+            out.append(torch.sigmoid(judge(resized(images[i:i + batch], judge.resolution))))
     return torch.cat(out)
 
 

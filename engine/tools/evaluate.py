@@ -33,7 +33,7 @@ from PIL import Image
 from engine.core import align
 from engine.core.edit import BrushRule, MaskSettings, halo_of
 from engine.core.faces import find_faces, whole_image_face
-from engine.core.images import READABLE_SUFFIXES, ImageError, Photo, load_photo, to_tensor, to_uint8
+from engine.core.images import READABLE_SUFFIXES, ImageError, Photo, load_photo, resized, to_tensor, to_uint8
 from engine.core.landmarks import EyeRefiner, _read_rgb
 from engine.core.model_folder import ModelFolder
 from engine.core.pipeline import Engine, detect, open_session
@@ -89,13 +89,6 @@ def laplacian_energy(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(grey, k).pow(2).mean(dim=(1, 2, 3))
 
 
-def _resized(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, C, R, R) images resized to ``size`` (antialiased when shrinking)."""
-    if x.shape[-1] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
 def reconstruction_metrics(model: torch.nn.Module, crops: np.ndarray, batch: int = 50,
                            resolution: int | None = None) -> dict[str, float]:
     """PSNR, SSIM and sharpness of the model's reconstructions of ``crops`` (N, S, S, 3 uint8).
@@ -105,11 +98,11 @@ def reconstruction_metrics(model: torch.nn.Module, crops: np.ndarray, batch: int
     psnrs, ssims, sharp_r, sharp_o = [], [], [], []
     for i in range(0, len(crops), batch):
         x01 = torch.from_numpy(crops[i:i + batch]).permute(0, 3, 1, 2).float() / 255
-        x = _resized(x01, resolution or x01.shape[-1]) * 2 - 1
+        x = resized(x01, resolution or x01.shape[-1]) * 2 - 1
         with torch.inference_mode():
             r = model.decode(model.encode(x), model.attributes_of(x))  # type: ignore[operator]
         r01 = torch.from_numpy(to_uint8(r)).permute(0, 3, 1, 2).float() / 255
-        r01 = _resized(r01, x01.shape[-1]).clamp(0, 1)
+        r01 = resized(r01, x01.shape[-1]).clamp(0, 1)
         mse = (x01 - r01).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
         psnrs.append(10 * torch.log10(1 / mse))
         ssims.append(ssim(x01, r01))
