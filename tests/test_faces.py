@@ -94,6 +94,37 @@ def test_no_face_in_the_camera_photo_nor_in_a_flat_image() -> None:
     assert find_faces(np.full((300, 300, 3), 128, np.uint8)) == []
 
 
+def test_the_second_cascade_searches_only_when_the_first_finds_no_sure_face(
+        astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The astronaut's face is sure for the first cascade: the second is never asked. When the
+    first finds nothing, the second searches (plain, then the bordered copy) and its face is kept."""
+    from engine.core import faces as faces_module
+
+    real = faces_module._candidates
+    asked: list[str] = []
+
+    def record(*args: object, **kw: object) -> list[object]:
+        asked.append(str(kw.get("cascade", faces_module.FACE_CASCADES[0])))
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(faces_module, "_candidates", record)
+    assert len(find_faces(astronaut)) == 1
+    assert set(asked) == {faces_module.FACE_CASCADES[0]}
+
+    asked.clear()
+
+    def first_is_blind(*args: object, **kw: object) -> list[object]:
+        cascade = str(kw.get("cascade", faces_module.FACE_CASCADES[0]))
+        asked.append(cascade)
+        return [] if cascade == faces_module.FACE_CASCADES[0] else real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(faces_module, "_candidates", first_is_blind)
+    found = find_faces(astronaut)
+    assert asked[-1] == faces_module.FACE_CASCADES[1]
+    assert len(found) == 1
+    assert _eye_error(found[0].eyes, ASTRONAUT_EYES) < MAX_EYE_ERROR
+
+
 def test_whole_image_fallback_reads_the_image_as_a_template_crop() -> None:
     face = whole_image_face(200, 200)
     t = face.transform(64)
