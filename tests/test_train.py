@@ -262,3 +262,75 @@ def test_growing_fades_in_and_exports_a_loadable_model(tmp_path: Path, tiny_mode
     loaded = load_model(run / "model")
     assert loaded.config.fade_from == 16
     assert float(loaded.model.decoder.fade) == 1.0
+
+
+def test_a_decoder_given_residual_convs_at_more_resolutions_starts_as_the_one_it_grew_from(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The new residual convs start at zero: the grown decoder draws what the old one drew, and
+    training can still move them (their scale has a gradient)."""
+    from engine.core.checkpoint import load_model
+    from engine.tools.train import Trainer
+
+    deeper = dataclasses.replace(TINY, decoder_double_up_to=32)
+    t = Trainer(tiny_options(tmp_path, tmp_path / "run", model=deeper, init_from=str(tiny_model_dir)))
+    old = load_model(tiny_model_dir).model
+    grown = t.model.eval()
+    assert grown.decoder.blocks[-1].extra is not None
+    assert old.decoder.blocks[-1].extra is None
+    z = torch.randn(4, TINY.latent_dim)
+    with torch.no_grad():
+        assert torch.allclose(grown.decoder(z), old.decoder(z), atol=1e-6)
+    grown.train()
+    grown.decoder(z).square().mean().backward()
+    scale = grown.decoder.blocks[-1].extra[1].weight
+    assert scale.grad is not None
+    assert scale.grad.abs().sum() > 0
+
+
+def test_a_classifier_of_its_own_reads_shrunk_shifted_images_and_learns_from_real_photos(tmp_path: Path) -> None:
+    """classifier_resolution: C is a separate network reading the images at 16 px (the model
+    draws 32), each batch shifted; it is saved with the run and resumes exactly."""
+    from engine.core.model import AttributeClassifier
+    from engine.tools.train import Trainer
+
+    c = AttributeClassifier(2, 16).eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    shrunk = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.allclose(c(x), c(shrunk), atol=1e-6)
+    with pytest.raises(ValueError, match="4 times a power of two"):
+        AttributeClassifier(2, 24)
+
+    data = make_cache(tmp_path / "data")
+    opts = tiny_options(data, tmp_path / "a", model=CONDITIONED, classifier_resolution=16, steps=4)
+    t = Trainer(opts)
+    assert t.disc.classify is None  # the discriminator has no attribute head then
+    view = t.classifier_view(x)
+    assert view.shape == x.shape
+    shifted = [not torch.equal(t.classifier_view(x), x) for _ in range(8)]
+    assert any(shifted)
+    straight = train(opts)
+    state = load_file(str(straight / "state.safetensors"))
+    assert any(k.startswith("classifier.") for k in state)
+    assert any(k.startswith("opt_c.") for k in state)
+    logs = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(row[k]) for row in logs for k in ("cls_g", "cls_d", "edit_read"))
+    train(dataclasses.replace(opts, out=str(tmp_path / "b"), steps=2))
+    resumed = train(dataclasses.replace(opts, out=str(tmp_path / "b"), steps=4, resume=True))
+    again = load_file(str(resumed / "state.safetensors"))
+    assert [k for k in state if not torch.equal(state[k], again[k])] == []
+
+
+def test_growing_from_a_run_folder_takes_its_discriminator_and_classifier(tmp_path: Path) -> None:
+    from engine.tools.train import Trainer
+
+    data = make_cache(tmp_path / "data")
+    first = train(tiny_options(data, tmp_path / "first", model=CONDITIONED, classifier_resolution=16, steps=2))
+    state = load_file(str(first / "state.safetensors"))
+    t = Trainer(tiny_options(data, tmp_path / "second", model=dataclasses.replace(CONDITIONED, decoder_double_up_to=32),
+                             classifier_resolution=16, init_from=str(first)))
+    assert t.classifier is not None
+    for prefix, module in (("model.", t.model), ("disc.", t.disc), ("classifier.", t.classifier)):
+        mine = module.state_dict()
+        for k, v in state.items():
+            if k.startswith(prefix) and k[len(prefix):] in mine:
+                assert torch.equal(mine[k[len(prefix):]], v), k

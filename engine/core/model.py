@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from engine.core.images import resized
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -88,7 +90,9 @@ def _act() -> nn.Module:
 
 
 class UpBlock(nn.Module):
-    """x2 transposed conv (kernel 4: no checkerboard), BN, act; optionally one more residual conv.
+    """x2 transposed conv (kernel 4: no checkerboard), BN, act; optionally one more residual conv,
+    whose last scale starts at zero: a block that gains it (a model grown from one without)
+    starts out drawing what it drew before.
 
     Measured on 2 CPU threads: 3.7x faster to train than nearest upsampling + 3x3 conv at
     the same widths, and no slower in the editor's one-latent gradient step.
@@ -99,10 +103,9 @@ class UpBlock(nn.Module):
         self.conv = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
         self.act = _act()
-        self.extra = (
-            nn.Sequential(nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), _act())
-            if double else None
-        )
+        scale = nn.BatchNorm2d(c_out)
+        nn.init.zeros_(scale.weight)
+        self.extra = nn.Sequential(nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), scale, _act()) if double else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.bn(self.conv(x)))
@@ -212,13 +215,13 @@ class Discriminator(nn.Module):
     network from the attribute judge that scores the sliders (engine.core.judge).
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, classify: bool = True) -> None:
         super().__init__()
         ch = cfg.discriminator_channels
         self.stem = nn.Sequential(spectral_norm(nn.Conv2d(3, ch[0], 3, padding=1)), _act())
         self.blocks = nn.ModuleList([_down(a, b, False, True) for a, b in zip(ch, ch[1:] + (ch[-1],), strict=False)])
         self.head = spectral_norm(nn.Linear(ch[-1] * 16, 3))
-        k = len(cfg.attributes)
+        k = len(cfg.attributes) if classify else 0
         self.classify = nn.Linear(ch[-1] * 16, k) if k else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
@@ -229,6 +232,32 @@ class Discriminator(nn.Module):
             feats.append(h)
         flat = h.flatten(1)
         return self.head(flat), feats, self.classify(flat) if self.classify is not None else None
+
+
+class AttributeClassifier(nn.Module):
+    """AttGAN's classifier C as a network of its own: image -> attribute logits (N, K), read at
+    ``resolution`` (smaller than the model's; the image is shrunk, antialiased, first).
+
+    Measured on the 128-px run whose classifier shared the discriminator's trunk at full size:
+    the decoder learned to satisfy it with 2-3-px speckle (its reading of bangs on the edits fell
+    from 0.875 to 0.729 under a 3x3 blur, blond hair from 0.249 to 0.129, while the independent
+    judge saw weak edits). Read at a lower size, that speckle is gone before C sees it. A
+    training loss only, and a separate network from the attribute judge (engine.core.judge).
+    """
+
+    def __init__(self, attributes: int, resolution: int) -> None:
+        super().__init__()
+        n = int(round(math.log2(resolution / 4)))
+        if resolution != 4 * 2**n or n < 1:
+            raise ValueError(f"the classifier's resolution must be 4 times a power of two, got {resolution}")
+        self.resolution = resolution
+        ch = tuple(min(128, 16 * 2**i) for i in range(n))
+        self.stem = nn.Sequential(nn.Conv2d(3, ch[0], 3, padding=1), _act())
+        self.blocks = nn.Sequential(*[_down(a, b, False, False) for a, b in zip(ch, ch[1:] + (ch[-1],), strict=False)])
+        self.classify = nn.Linear(ch[-1] * 16, attributes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.blocks(self.stem(resized(x, self.resolution))).flatten(1))
 
 
 class FaceModel(nn.Module):

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from engine.core import checkpoint
 from engine.core.device import pick_device
 from engine.core.images import to_tensor, to_uint8
-from engine.core.model import Discriminator, FaceModel, ModelConfig, intensities
+from engine.core.model import AttributeClassifier, Discriminator, FaceModel, ModelConfig, intensities
 from engine.tools.data import AlignedFaces, build_cache
 
 REAL, RECONSTRUCTED, SAMPLED = 0, 1, 2
@@ -58,6 +58,9 @@ class TrainOptions:
     w_kl: float = 3e-5
     w_adv: float = 0.1
     w_cls: float = 0.5  # conditioned models: the edit must show the attributes it was given (classifier C)
+    # conditioned models: C as a network of its own that reads the images shrunk to this size, each
+    # batch shifted by a few pixels (0: C is a head on the discriminator and reads them at full size)
+    classifier_resolution: int = 0
     adv_ramp_steps: int = 2000
     ema: float = 0.999
     seed: int = 0
@@ -68,7 +71,9 @@ class TrainOptions:
     checkpoint_every: int = 500
     export_every: int = 2000
     resume: bool = False
-    init_from: str = ""  # a model folder to start from (its encoder and decoder; new layers start at zero)
+    # a model folder to start from (its encoder and decoder; new layers start at zero), or a run
+    # folder (its live encoder and decoder, and its discriminator and classifier)
+    init_from: str = ""
     fade_steps: int = 2000  # a model grown to twice the resolution fades its new layers in over these steps
 
     def to_dict(self) -> dict[str, object]:
@@ -111,7 +116,10 @@ class Trainer:
         # channels-last: 1.4x faster convolutions on the CPU (measured), fine on GPUs
         cl = torch.channels_last
         self.model = FaceModel(self.cfg).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
-        self.disc = Discriminator(self.cfg).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
+        separate = bool(self.cfg.attributes and opts.classifier_resolution)
+        self.disc = Discriminator(self.cfg, classify=not separate).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
+        self.classifier = (AttributeClassifier(len(self.cfg.attributes), opts.classifier_resolution)
+                           .to(self.device).to(memory_format=cl) if separate else None)  # type: ignore[call-overload]
         self.ema = FaceModel(self.cfg).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
         self.ema.eval().requires_grad_(False)
         if opts.init_from:
@@ -120,6 +128,8 @@ class Trainer:
         betas = (opts.beta1, 0.999)
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=opts.lr, betas=betas)
+        self.opt_c = (torch.optim.Adam(self.classifier.parameters(), lr=opts.lr, betas=betas)
+                      if self.classifier is not None else None)
         self.noise = torch.Generator(device=self.device)
         self.noise.manual_seed(opts.seed * 1000 + self.rank)
         self.step = 0
@@ -135,10 +145,16 @@ class Trainer:
 
     def grow_from(self, folder: Path) -> None:
         """Start from a shipped model: every tensor of the same name and shape is taken; what
-        the new network adds (the attribute input) keeps its initial zeros. A model of half this
-        resolution (``ModelConfig.fade_from``) gives its layers to the same layers one step
-        deeper, and its colour and first layers to the fading paths."""
-        source = checkpoint.read_tensors(folder / checkpoint.WEIGHTS_NAME)
+        the new network adds (the attribute input, a new residual conv) starts at zero. A model
+        of half this resolution (``ModelConfig.fade_from``) gives its layers to the same layers
+        one step deeper, and its colour and first layers to the fading paths. A run folder
+        (``state.safetensors``) gives its live weights, and its discriminator and classifier too."""
+        run_state = folder / "state.safetensors"
+        if run_state.is_file():
+            tensors = checkpoint.read_tensors(run_state)
+            source = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        else:
+            tensors, source = {}, checkpoint.read_tensors(folder / checkpoint.WEIGHTS_NAME)
         if self.cfg.fade_from:
             source = {_grown_name(k): v for k, v in source.items()}
         own = self.model.state_dict()
@@ -149,6 +165,15 @@ class Trainer:
         new = sorted(set(own) - set(taken))
         print(f"grown from {folder}: {len(taken)} tensors taken, {len(new)} new ({', '.join(new[:4])}...)",
               file=sys.stderr)
+        for prefix, module in (("disc.", self.disc), ("classifier.", self.classifier)):
+            if module is None or self.cfg.fade_from:
+                continue
+            mine = module.state_dict()
+            part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            part = {k: v for k, v in part.items() if k in mine and mine[k].shape == v.shape}
+            if part:
+                module.load_state_dict(part, strict=False)
+                print(f"  and its {prefix[:-1]}: {len(part)} of {len(mine)} tensors", file=sys.stderr)
 
     # ---- data -------------------------------------------------------------------
     def load_data(self) -> None:
@@ -211,6 +236,17 @@ class Trainer:
         b = a[perm]
         return torch.where(b != 0, b, a)
 
+    def classifier_view(self, x: torch.Tensor) -> torch.Tensor:
+        """What C of its own reads: the batch shifted by up to 1/32 of its size (one random shift
+        for the whole batch, edges repeated), so no pixel-exact pattern can speak to it. C then
+        shrinks it to its own size."""
+        r = x.shape[-1] // 32
+        if r == 0:
+            return x
+        dy, dx = (int(v) for v in torch.randint(-r, r + 1, (2,), generator=self.noise, device=self.device))
+        padded = F.pad(x, (r, r, r, r), mode="replicate")
+        return padded[:, :, r + dy:r + dy + x.shape[-2], r + dx:r + dx + x.shape[-1]]
+
     def set_fade(self, step: int) -> float:
         """A grown model's new layers: weight 0 at the start, 1 after ``fade_steps``."""
         alpha = min(1.0, step / max(1, self.opts.fade_steps)) if self.cfg.fade_from else 1.0
@@ -225,8 +261,8 @@ class Trainer:
         fade = self.set_fade(self.step)
         conditioned = bool(self.cfg.attributes)
         lr = self.learning_rate(self.step)
-        for opt in (self.opt_g, self.opt_d):
-            for group in opt.param_groups:
+        for opt in (self.opt_g, self.opt_d, self.opt_c):
+            for group in opt.param_groups if opt is not None else ():
                 group["lr"] = lr
         mu, logvar, read = self.enc(x)
         eps = torch.randn(mu.shape, generator=self.noise, device=self.device)
@@ -244,6 +280,11 @@ class Trainer:
         # encoder + decoder
         self.disc.requires_grad_(False)
         logits, feats, attr = self.disc(torch.cat([x, xr, xs, xe]))
+        if self.classifier is not None:
+            self.classifier.requires_grad_(False)
+            attr_edit = self.classifier(self.classifier_view(xe))
+        elif attr is not None:
+            attr_edit = attr[3 * n:]
         pix = (x - xr).abs().mean()
         feat = torch.stack([(f[:n].detach() - f[n:2 * n]).abs().mean() for f in feats]).mean()
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
@@ -252,8 +293,8 @@ class Trainer:
         ramp = min(1.0, (self.step + 1) / max(1, o.adv_ramp_steps))
         loss_g = o.w_pix * pix + o.w_feat * feat + o.w_kl * kl + ramp * o.w_adv * adv
         vals: dict[str, torch.Tensor] = {}
-        if attr is not None:  # the edits must show what they were given
-            cls_g = _masked_bce(attr[3 * n:], b)
+        if conditioned:  # the edits must show what they were given
+            cls_g = _masked_bce(attr_edit, b)
             loss_g = loss_g + ramp * o.w_cls * cls_g
             vals["cls_g"] = cls_g
         if read is not None:  # the encoder learns the photo's attributes (a slider's starting point)
@@ -267,19 +308,30 @@ class Trainer:
         # discriminator (and, for a conditioned model, its classifier on the real photos' labels)
         self.disc.requires_grad_(True)
         logits_d, _, attr_d = self.disc_ddp(torch.cat([x, xr.detach(), xs.detach(), xe.detach()]))
+        if self.classifier is not None:  # C of its own: it learns from the real photos alone
+            self.classifier.requires_grad_(True)
+            read_real = self.classifier(self.classifier_view(x))
+            with torch.no_grad():
+                read_edit = self.classifier(self.classifier_view(xe.detach()))
+        elif attr_d is not None:
+            read_real, read_edit = attr_d[:n], attr_d[3 * n:]
         target = torch.cat([torch.full((len(t),), c, device=self.device, dtype=torch.long)
                             for t, c in ((x, REAL), (xr, RECONSTRUCTED), (xs, SAMPLED), (xe, SAMPLED))])
         loss_d = F.cross_entropy(logits_d, target)
-        if attr_d is not None:
-            cls_d = _masked_bce(attr_d[:n], a)
+        if conditioned:
+            cls_d = _masked_bce(read_real, a)
             loss_d = loss_d + cls_d
             vals["cls_d"] = cls_d
             with torch.no_grad():  # does C read the turned attribute on the edits?
                 turned = (b != a)
-                vals["edit_read"] = ((attr_d[3 * n:] > 0) == (b > 0))[turned].float().mean()
+                vals["edit_read"] = ((read_edit > 0) == (b > 0))[turned].float().mean()
         self.opt_d.zero_grad(set_to_none=True)
+        if self.opt_c is not None:
+            self.opt_c.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
+        if self.opt_c is not None:
+            self.opt_c.step()
 
         with torch.no_grad():
             for pe, pm in zip(self.ema.parameters(), self.model.parameters(), strict=False):
@@ -301,22 +353,30 @@ class Trainer:
                 tensors[f"{prefix}.{idx}.{k}"] = v.detach().cpu().contiguous()
         return tensors, sd["param_groups"]
 
+    def _modules_saved(self) -> list[tuple[str, nn.Module]]:
+        named = [("model", self.model), ("disc", self.disc), ("ema", self.ema), ("classifier", self.classifier)]
+        return [(name, m) for name, m in named if m is not None]
+
+    def _optimisers_saved(self) -> list[tuple[str, torch.optim.Optimizer]]:
+        named = [("opt_g", self.opt_g), ("opt_d", self.opt_d), ("opt_c", self.opt_c)]
+        return [(name, o) for name, o in named if o is not None]
+
     def save_state(self) -> None:
         if self.rank != 0:
             return
         tensors = {}
-        for name, module in (("model", self.model), ("disc", self.disc), ("ema", self.ema)):
+        for name, module in self._modules_saved():
             tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
-        tg, groups_g = self._optim_tensors("opt_g", self.opt_g)
-        td, groups_d = self._optim_tensors("opt_d", self.opt_d)
-        tensors.update(tg)
-        tensors.update(td)
+        groups = {}
+        for name, opt in self._optimisers_saved():
+            t, groups[f"groups_{name[-1]}"] = self._optim_tensors(name, opt)
+            tensors.update(t)
         tensors["rng.noise"] = self.noise.get_state().cpu()
         tensors["rng.torch"] = torch.get_rng_state()
         tmp = self.out / "state.safetensors.tmp"
         save_file(tensors, str(tmp))
         os.replace(tmp, self.out / "state.safetensors")
-        meta = {"step": self.step, "groups_g": groups_g, "groups_d": groups_d, "options": self.opts.to_dict()}
+        meta = {"step": self.step, **groups, "options": self.opts.to_dict()}
         (self.out / "state.json.tmp").write_text(json.dumps(meta))
         os.replace(self.out / "state.json.tmp", self.out / "state.json")
 
@@ -332,11 +392,11 @@ class Trainer:
     def load_state(self) -> None:
         tensors = load_file(str(self.out / "state.safetensors"), device="cpu")
         meta = json.loads((self.out / "state.json").read_text())
-        for name, module in (("model", self.model), ("disc", self.disc), ("ema", self.ema)):
+        for name, module in self._modules_saved():
             p = name + "."
             module.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
-        self._load_optim("opt_g", self.opt_g, meta["groups_g"], tensors)
-        self._load_optim("opt_d", self.opt_d, meta["groups_d"], tensors)
+        for name, opt in self._optimisers_saved():
+            self._load_optim(name, opt, meta[f"groups_{name[-1]}"], tensors)
         self.noise.set_state(tensors["rng.noise"].to(self.noise.get_state().device))
         torch.set_rng_state(tensors["rng.torch"])
         self.step = int(meta["step"])
