@@ -334,3 +334,22 @@ def test_growing_from_a_run_folder_takes_its_discriminator_and_classifier(tmp_pa
         for k, v in state.items():
             if k.startswith(prefix) and k[len(prefix):] in mine:
                 assert torch.equal(mine[k[len(prefix):]], v), k
+
+
+def test_single_turn_edits_turn_one_attribute_and_keep_the_others(tmp_path: Path) -> None:
+    from engine.tools.train import Trainer
+
+    three = dataclasses.replace(TINY, attributes=("A", "B", "C"))
+    t = Trainer(tiny_options(tmp_path, tmp_path / "run", model=three, single_turn=0.5))
+    a = torch.tensor([[1.0, -1.0, 1.0], [-1.0, -1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, -1.0]] * 4)
+    for _ in range(5):
+        b = t.edited_labels(a)
+        turned = b[:8] != a[:8]
+        assert torch.equal(turned.sum(1), torch.ones(8, dtype=torch.long))  # one each
+        assert bool((b[:8][turned] != 0).all())  # to present or absent, never unknown
+        known = turned & (a[:8] != 0)
+        assert torch.equal(b[:8][known], -a[:8][known])
+        assert bool(((b[8:] != 0) | (a[8:] == 0)).all())  # the rest: another face's labels, or their own
+    plain = Trainer(tiny_options(tmp_path, tmp_path / "run2", model=three))
+    b = plain.edited_labels(a)
+    assert bool(((b != a).sum(1) != 1).any())  # without it, faces turn many attributes at once

@@ -61,6 +61,9 @@ class TrainOptions:
     # conditioned models: C as a network of its own that reads the images shrunk to this size, each
     # batch shifted by a few pixels (0: C is a head on the discriminator and reads them at full size)
     classifier_resolution: int = 0
+    # conditioned models: this fraction of each batch is edited one attribute at a time (one
+    # attribute turned over, as a slider does) instead of taking another face's labels
+    single_turn: float = 0.0
     adv_ramp_steps: int = 2000
     ema: float = 0.999
     seed: int = 0
@@ -231,10 +234,22 @@ class Trainer:
 
     def edited_labels(self, a: torch.Tensor) -> torch.Tensor:
         """AttGAN's edit: each face gets the labels of another face of the batch (a real, so
-        plausible, combination; many attributes turn over at once); where those are unknown, its own."""
+        plausible, combination; many attributes turn over at once); where those are unknown, its
+        own. With ``single_turn``, that fraction of the faces (the batch's first rows) instead
+        has one attribute, chosen at random, turned over, the others kept: a slider's edit (an
+        unknown one is set present or absent at random)."""
         perm = torch.randperm(len(a), generator=self.noise, device=self.device)
         b = a[perm]
-        return torch.where(b != 0, b, a)
+        b = torch.where(b != 0, b, a)
+        m = int(round(self.opts.single_turn * len(a)))
+        if m:
+            k = torch.randint(0, a.shape[1], (m,), generator=self.noise, device=self.device)
+            coin = torch.randint(0, 2, (m,), generator=self.noise, device=self.device).to(a.dtype) * 2 - 1
+            rows = torch.arange(m, device=self.device)
+            own = a[rows, k]
+            b[:m] = a[:m]
+            b[rows, k] = torch.where(own != 0, -own, coin)
+        return b
 
     def classifier_view(self, x: torch.Tensor) -> torch.Tensor:
         """What C of its own reads: the batch shifted by up to 1/32 of its size (one random shift
