@@ -353,3 +353,26 @@ def test_single_turn_edits_turn_one_attribute_and_keep_the_others(tmp_path: Path
     plain = Trainer(tiny_options(tmp_path, tmp_path / "run2", model=three))
     b = plain.edited_labels(a)
     assert bool(((b != a).sum(1) != 1).any())  # without it, faces turn many attributes at once
+
+
+def test_the_classifier_warms_up_on_real_photos_before_the_first_step(tmp_path: Path) -> None:
+    """classifier_warmup: C learns the labels alone first; the model is not touched then."""
+    from engine.tools.train import Trainer
+
+    data = make_cache(tmp_path / "data")
+    opts = tiny_options(data, tmp_path / "run", model=CONDITIONED, classifier_resolution=16, classifier_warmup=30,
+                        lr=0.01)
+    t = Trainer(opts)
+    t.load_data()
+    assert t.classifier is not None
+    before_c = [p.detach().clone() for p in t.classifier.parameters()]
+    before_m = {k: v.clone() for k, v in t.model.state_dict().items()}
+    x, a = t.batch(0)
+    with torch.no_grad():
+        loss_before = float(torch.nn.functional.binary_cross_entropy_with_logits(t.classifier(x), (a > 0).float()))
+    t.warm_up_classifier()
+    with torch.no_grad():
+        loss_after = float(torch.nn.functional.binary_cross_entropy_with_logits(t.classifier(x), (a > 0).float()))
+    assert loss_after < loss_before
+    assert any(not torch.equal(p, q) for p, q in zip(t.classifier.parameters(), before_c, strict=True))
+    assert all(torch.equal(v, before_m[k]) for k, v in t.model.state_dict().items())

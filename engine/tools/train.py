@@ -64,6 +64,9 @@ class TrainOptions:
     # conditioned models: this fraction of each batch is edited one attribute at a time (one
     # attribute turned over, as a slider does) instead of taking another face's labels
     single_turn: float = 0.0
+    # C of its own first learns the real photos' labels alone for this many batches, so that
+    # the decoder's first edits are read by a classifier that knows the attributes
+    classifier_warmup: int = 0
     adv_ramp_steps: int = 2000
     ema: float = 0.999
     seed: int = 0
@@ -359,6 +362,26 @@ class Trainer:
             vals["fade"] = torch.tensor(fade)
         return {k: float(v.detach()) for k, v in vals.items()}
 
+    def warm_up_classifier(self) -> None:
+        """``classifier_warmup`` steps of C alone on real photos (the run's first batches)."""
+        if self.classifier is None or self.opt_c is None or not self.opts.classifier_warmup:
+            return
+        self.classifier.train().requires_grad_(True)
+        correct = known = 0.0
+        for i in tqdm(range(self.opts.classifier_warmup), desc="classifier", disable=self.rank != 0):
+            x, a = self.batch(i)
+            read = self.classifier(self.classifier_view(x))
+            loss = _masked_bce(read, a)
+            self.opt_c.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_c.step()
+            if i >= self.opts.classifier_warmup - 50:
+                correct += float(((read > 0) == (a > 0))[a != 0].float().sum())
+                known += float((a != 0).sum())
+        if self.rank == 0:
+            print(f"classifier warmed up: {correct / max(known, 1):.3f} of the last 50 batches' labels read right",
+                  file=sys.stderr)
+
     # ---- state --------------------------------------------------------------------
     def _optim_tensors(self, prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], object]:
         sd = opt.state_dict()
@@ -469,6 +492,8 @@ class Trainer:
             with (self.out / "options-history.jsonl").open("a") as fh:
                 fh.write(json.dumps({"from_step": self.step, **o.to_dict()}) + "\n")
         self.load_data()
+        if self.step == 0:
+            self.warm_up_classifier()
         self.model.train()
         self.disc.train()
         bar = tqdm(total=o.steps, initial=self.step, disable=self.rank != 0, unit="step", dynamic_ncols=True)
