@@ -40,6 +40,7 @@ def make_tiny_model(seed: int = 0) -> FaceModel:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
+                m.weight.fill_(1.0)  # residual branches start at zero in training; a trained one's are not
     return model.eval()
 
 

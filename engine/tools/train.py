@@ -528,7 +528,8 @@ class Trainer:
         bar.close()
         if log is not None:
             log.close()
-        if self.world > 1:
+        if self.world > 1:  # every process waits for the first's export before the group goes
+            dist.barrier()
             dist.destroy_process_group()
 
 
