@@ -154,7 +154,6 @@ def find_faces(pixels: np.ndarray, min_face_fraction: float = 0.06) -> list[Face
     scale = min(1.0, DETECT_MAX_SIDE / max(pixels.shape[:2]))
     gray = _gray(_shrunk(pixels, scale))
     short = min(gray.shape[:2])
-    cands = _candidates(gray, max(20, int(min_face_fraction * short)))
     # A face that fills the frame (a selfie, a portrait cut at the chin) runs off the photo's
     # edges, where the cascade's window cannot reach. When no large face was found, nor any
     # face with both eyes (a sure one: the photo is not a close-up), look for one in a copy
@@ -165,13 +164,15 @@ def find_faces(pixels: np.ndarray, min_face_fraction: float = 0.06) -> list[Face
     # two ways: with the first alone, 7 of 667 All-Age-Faces photos (faces filling the frame,
     # fringes down to the glasses) had no face found.
     large = max(20, int(LARGE_FACE_FRACTION * short))
+    cands: list[Face] = []
+
+    def sure() -> bool:
+        return any(_side(f) >= large or f.eyes_found for f in cands)
+
     for cascade in FACE_CASCADES:
-        if any(_side(f) >= large or f.eyes_found for f in cands):
+        cands += _candidates(gray, max(20, int(min_face_fraction * short)), cascade=cascade)
+        if sure():
             break
-        if cascade != FACE_CASCADES[0]:
-            cands += _candidates(gray, max(20, int(min_face_fraction * short)), cascade=cascade)
-            if any(_side(f) >= large or f.eyes_found for f in cands):
-                break
         shrink = min(1.0, FRAMED_FACE_PX / large)  # large faces need no more pixels than this
         reduced = _shrunk(gray, shrink)
         pad = int(FRAME_BORDER * max(reduced.shape[:2]))
@@ -179,6 +180,8 @@ def find_faces(pixels: np.ndarray, min_face_fraction: float = 0.06) -> list[Face
         best = sorted(_candidates(framed, round(large * shrink), offset=pad, neighbours=FRAMED_NEIGHBOURS,
                                   cascade=cascade), key=_sureness, reverse=True)[:1]
         cands += [replace(f, eyes=f.eyes / shrink, box=f.box / shrink) for f in best]
+        if sure():
+            break
     # one face may be found at several angles and in both searches: keep the surest
     cands.sort(key=_sureness, reverse=True)
     faces: list[Face] = []

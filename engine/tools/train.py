@@ -326,11 +326,9 @@ class Trainer:
         # discriminator (and, for a conditioned model, its classifier on the real photos' labels)
         self.disc.requires_grad_(True)
         logits_d, _, attr_d = self.disc_ddp(torch.cat([x, xr.detach(), xs.detach(), xe.detach()]))
-        if self.classifier is not None:  # C of its own: it learns from the real photos alone
-            self.classifier.requires_grad_(True)
-            read_real = self.classifier(self.classifier_view(x))
-            with torch.no_grad():
-                read_edit = self.classifier(self.classifier_view(xe.detach()))
+        if self.classifier is not None:  # C of its own: it learns from the real photos alone (its
+            self.classifier.requires_grad_(True)  # reading of the edits is the one the decoder just had)
+            read_real, read_edit = self.classifier(self.classifier_view(x)), attr_edit.detach()
         elif attr_d is not None:
             read_real, read_edit = attr_d[:n], attr_d[3 * n:]
         target = torch.cat([torch.full((len(t),), c, device=self.device, dtype=torch.long)
