@@ -240,3 +240,78 @@ def test_the_equivariance_term_is_zero_only_when_both_crops_agree_in_the_photo()
             return torch.zeros(len(x), 4)
 
     assert float(equivariance_loss(Template(), x, inverses, iods)) > 1e-3
+
+
+def test_celeba_landmark_lists_read_in_either_format_and_scale_to_half_size_images(tmp_path) -> None:
+    from engine.tools.data import celeba_eyes, read_celeba_landmarks
+
+    rows = [("000001.jpg", [69, 109, 106, 113, 77, 142, 73, 152, 108, 154]),
+            ("000002.jpg", [69, 110, 107, 112, 81, 135, 70, 151, 108, 153])]
+    official = tmp_path / "official.txt"
+    official.write_text("202599\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y "
+                        "rightmouth_x rightmouth_y\n"
+                        + "".join(f"{n} " + "  ".join(map(str, v)) + "\n" for n, v in rows))
+    as_csv = tmp_path / "table.csv"
+    as_csv.write_text("image_id,lefteye_x,lefteye_y,righteye_x,righteye_y,nose_x,nose_y,leftmouth_x,leftmouth_y,"
+                      "rightmouth_x,rightmouth_y\n" + "".join(f"{n}," + ",".join(map(str, v)) + "\n" for n, v in rows)
+                      + "000003.jpg,1,2,3\n")  # a torn row is skipped
+    for path in (official, as_csv):
+        table = read_celeba_landmarks(path)
+        assert sorted(table) == ["000001.jpg", "000002.jpg"]
+        assert table["000001.jpg"].shape == (5, 2)
+        assert np.array_equal(table["000002.jpg"][4], [108, 153])
+    table = read_celeba_landmarks(official)
+    assert np.allclose(celeba_eyes(table, "000001.jpg", 178), [[69, 109], [106, 113]])
+    # the half-size copies: pixel centres at integers in both frames
+    assert np.allclose(celeba_eyes(table, "000001.jpg", 89), [[34.25, 54.25], [52.75, 56.25]])
+    # an image the list does not cover: CelebA's average eye place
+    assert np.allclose(celeba_eyes(table, "009999.jpg", 178), align.CELEBA_ALIGNED_EYES)
+
+
+def test_refiner_training_crops_follow_each_images_own_eyes() -> None:
+    """With hand-placed eyes a face that sits 5 px right and 3 px lower in its image is cut out
+    at the same place on the face, with the same labels, as the face where it was."""
+    from engine.tools.data import celeba_eyes
+    from engine.tools.landmark_training import make_examples
+
+    img = np.asarray(Image.open(RESOURCES / "astronaut.png").convert("RGB").resize((178, 218)))
+    moved = np.zeros_like(img)
+    moved[3:, 5:] = img[:-3, :-5]
+    eyes = celeba_eyes(None, "", 178)
+    x_ref, y_ref = make_examples([img], np.random.default_rng(2), 4, augment=False)
+    x_own, y_own = make_examples([moved], np.random.default_rng(2), 4, augment=False, eyes_of=[eyes + [5, 3]])
+    x_avg, _ = make_examples([moved], np.random.default_rng(2), 4, augment=False)
+    assert np.array_equal(y_own, y_ref)
+    inner = (slice(None), slice(None), slice(12, 52), slice(12, 52))  # away from the black border moved in
+    # (not exactly equal: each crop's histogram is equalised, and the black edge moved in counts)
+    assert np.abs(x_own[inner] - x_ref[inner]).mean() < 0.2 * np.abs(x_avg[inner] - x_ref[inner]).mean()
+
+
+def test_refiner_training_uses_the_photos_the_landmark_list_covers(tmp_path) -> None:
+    import json
+
+    from engine.core.landmarks import load_refiner
+    from engine.tools.data import _held_out
+    from engine.tools.landmark_training import LandmarkOptions, train_landmarks
+
+    data = tmp_path / "data"
+    (data / "celeba" / "images").mkdir(parents=True)
+    img = Image.open(RESOURCES / "astronaut.png").convert("RGB").resize((178, 218))
+    people = [p for p in (str(k) for k in range(100)) if not _held_out("celeba:" + p)][:6]
+    names = [f"{k + 1:06d}.jpg" for k in range(6)]
+    for name in names:
+        img.save(data / "celeba" / "images" / name)
+    identities = "".join(f"{n} {p}\n" for n, p in zip(names, people, strict=True))
+    (data / "celeba" / "identity_CelebA.txt").write_text(identities)
+    covered = names[:4]
+    (data / "celeba" / "list_landmarks_align_celeba.txt").write_text(
+        "4\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n"
+        + "".join(f"{n} 69 111 108 111 88 135 72 152 105 152\n" for n in covered))
+    out = train_landmarks(LandmarkOptions(data=str(data), out=str(tmp_path / "model"), steps=2, batch=8, log=False))
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert "4 images with their own hand-placed eyes" in meta["trained_on"]
+    assert load_refiner(out) is not None
+    # a list that covers none of the training photos is a clear error, not a silent fallback
+    (data / "celeba" / "list_landmarks_align_celeba.txt").write_text("1\nnames\n999999.jpg 1 2 3 4 5 6 7 8 9 10\n")
+    with pytest.raises(ValueError, match="landmark list"):
+        train_landmarks(LandmarkOptions(data=str(data), out=str(tmp_path / "model2"), steps=2, batch=8, log=False))

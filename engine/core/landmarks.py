@@ -4,11 +4,12 @@ It looks at a 64x64 grey crop cut out with the current estimate of the alignment
 answers where the two eye centres really are in that crop. Two or three rounds (crop,
 predict, re-fit the transform) converge from a rough face box to the template.
 
-Training labels come from aligned CelebA, whose eye centres sit at one known position
-(``align.CELEBA_ALIGNED_EYES``, spread about 1.5 px), under random similarity
-perturbations: the perturbation is known, so the eyes' position in the perturbed crop is
-known too. ``npe landmarks --data DIR`` trains it (engine.tools.landmark_training); the
-weights ship in ``pretrained/``.
+Training labels come from aligned CelebA under random similarity perturbations: each
+image's own hand-placed eye centres (CelebA's landmark list) where the data folder has them,
+else the place CelebA's alignment puts eyes on average (``align.CELEBA_ALIGNED_EYES``,
+spread about 1.5 px). The perturbation is known, so the eyes' position in the perturbed
+crop is known too. ``npe landmarks --data DIR`` trains it (engine.tools.landmark_training);
+the weights ship in ``pretrained/``.
 """
 
 from __future__ import annotations

@@ -59,6 +59,42 @@ def read_celeba_attributes(path: Path) -> tuple[list[str], dict[str, list[int]]]
     return names, table
 
 
+CELEBA_LANDMARKS = "list_landmarks_align_celeba.txt"
+
+
+def read_celeba_landmarks(path: Path) -> dict[str, np.ndarray]:
+    """CelebA's five hand-placed points of each aligned image (eyes, nose, mouth corners; the
+    viewer's left first), as (5, 2) float64 in the 178x218 frame: file name -> points. Reads
+    CelebA's own format (a count line, the column names, then ``file x1 y1 ... x5 y5``) and the
+    same table as CSV; rows that are not a file name and ten numbers are skipped."""
+    table: dict[str, np.ndarray] = {}
+    for line in path.read_text().splitlines():
+        parts = line.replace(",", " ").split()
+        if len(parts) != 11 or not parts[0].lower().endswith((".jpg", ".png")):
+            continue
+        try:
+            table[parts[0]] = np.array([float(v) for v in parts[1:]]).reshape(5, 2)
+        except ValueError:
+            continue
+    return table
+
+
+def celeba_eyes(table: dict[str, np.ndarray] | None, name: str, width: int) -> np.ndarray:
+    """The eye centres of the aligned CelebA image ``name`` in an image ``width`` pixels wide
+    (178, or 89 for the half-size copies): its own hand-placed eyes where ``table`` has them,
+    else the place CelebA's alignment puts eyes on average."""
+    points = None if table is None else table.get(name)
+    eyes = align.CELEBA_ALIGNED_EYES if points is None else points[:2]
+    s = width / 178.0
+    return (eyes + 0.5) * s - 0.5  # pixel centres sit at integer coordinates at either size
+
+
+def celeba_landmark_table(data_dir: Path) -> dict[str, np.ndarray] | None:
+    """``DIR/celeba/list_landmarks_align_celeba.txt`` read, or None when the data folder has none."""
+    path = data_dir / "celeba" / CELEBA_LANDMARKS
+    return read_celeba_landmarks(path) if path.is_file() else None
+
+
 def list_items(data_dir: Path, sets: tuple[str, ...]) -> tuple[list[Item], list[str]]:
     items: list[Item] = []
     names: list[str] = []

@@ -1,8 +1,13 @@
 """Training the eye-landmark refiner (``npe landmarks --data DIR``).
 
-Labels come from aligned CelebA, whose eye centres sit at one known position, under random
-similarity perturbations: the perturbation is known, so the eyes' position in the
-perturbed crop is known too.
+Labels come from aligned CelebA under random similarity perturbations: each image's own
+hand-placed eyes when the data folder has CelebA's landmark list
+(``celeba/list_landmarks_align_celeba.txt``; then only the images it covers are used), else
+the place CelebA's alignment puts eyes on average. The perturbation is known, so the eyes'
+position in the perturbed crop is known too. (Trained on the average place, the refiner
+learns where that alignment would put the eyes, not where they are: on 500 held-out CelebA
+photos measured against their hand-placed eyes, median 0.043 of the inter-ocular distance
+against 0.035 when trained on the eyes themselves.)
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from tqdm import tqdm
 from engine.core import align
 from engine.core.faces import find_faces
 from engine.core.landmarks import INPUT, ROUNDS, WEIGHTS, EyeNet, _crop_gray, _read_rgb
-from engine.tools.data import _held_out, list_items
+from engine.tools.data import _held_out, celeba_eyes, celeba_landmark_table, list_items
 
 
 def _perturbation(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -59,13 +64,14 @@ def degrade(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_examples(images: list[np.ndarray], rng: np.random.Generator, per_image: int,
-                  augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  augment: bool = True, eyes_of: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Perturbed (and, with ``augment``, degraded) crops of aligned CelebA images and their eye
-    offsets."""
+    offsets. ``eyes_of`` gives each image's eye centres; without it they are taken to sit where
+    CelebA's alignment puts eyes on average."""
     xs, ys = [], []
     base = align.template_points(INPUT)
-    for img in images:
-        truth = align.CELEBA_ALIGNED_EYES * img.shape[1] / 178.0
+    for k, img in enumerate(images):
+        truth = celeba_eyes(None, "", img.shape[1]) if eyes_of is None else eyes_of[k]
         t_true = align.eyes_to_crop(truth, INPUT)
         gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
         for _ in range(per_image):
@@ -84,7 +90,8 @@ def make_examples(images: list[np.ndarray], rng: np.random.Generator, per_image:
 
 @dataclass
 class LandmarkOptions:
-    """``npe landmarks``: train the eye refiner on aligned CelebA."""
+    """``npe landmarks``: train the eye refiner on aligned CelebA (on each image's own hand-placed
+    eyes when the data folder has CelebA's landmark list, on the images it covers)."""
 
     data: str
     out: str = "pretrained"  # the model folder that receives landmarks.safetensors
@@ -149,7 +156,11 @@ def equivariance_loss(net: nn.Module, x: np.ndarray, inverses: np.ndarray, iods:
 def train_landmarks(opts: LandmarkOptions) -> Path:
     data_dir, out_dir, steps, batch, seed = Path(opts.data), Path(opts.out), opts.steps, opts.batch, opts.seed
     items, _ = list_items(data_dir, ("celeba",))
-    train_items = [it for it in items if not _held_out(it.identity)]
+    table = celeba_landmark_table(data_dir)
+    train_items = [it for it in items if not _held_out(it.identity)
+                   and (table is None or Path(it.file).name in table)]
+    if not train_items:
+        raise ValueError(f"no training-identity CelebA image in {data_dir} has a row in its landmark list")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     net = EyeNet()
@@ -161,8 +172,10 @@ def train_landmarks(opts: LandmarkOptions) -> Path:
     bar = tqdm(range(steps), disable=not opts.log, desc="training eye landmarks")
     for _step in bar:
         pick = rng.choice(len(train_items), batch // 4, replace=False)
+        names = [Path(train_items[i].file).name for i in pick]
         imgs = [_read_rgb(data_dir / train_items[i].file) for i in pick]
-        x, y = make_examples(imgs, rng, 4, opts.augment)
+        eyes = [celeba_eyes(table, name, img.shape[1]) for name, img in zip(names, imgs, strict=True)]
+        x, y = make_examples(imgs, rng, 4, opts.augment, eyes)
         loss = nn.functional.smooth_l1_loss(net(torch.from_numpy(x)), torch.from_numpy(y), beta=0.01)
         if pool:
             loss = loss + opts.equivariance * equivariance_loss(
@@ -176,7 +189,9 @@ def train_landmarks(opts: LandmarkOptions) -> Path:
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / WEIGHTS))
     (out_dir / WEIGHTS).with_suffix(".json").write_text(json.dumps(
         {"format_version": 1, "width": 24, "input": INPUT, "rounds": ROUNDS, "steps": steps,
-         "trained_on": "aligned CelebA (training identities), random similarity perturbations"
+         "trained_on": "aligned CelebA (training identities"
+                       + (f", {len(train_items)} images with their own hand-placed eyes)" if table else ")")
+                       + ", random similarity perturbations"
                        + (", photometric/blur/JPEG/noise degradation" if opts.augment else "")
                        + (f", equivariance on {len(pool)} unlabelled LFW/UTKFace faces" if pool else "")},
         indent=2) + "\n")
