@@ -8,6 +8,8 @@ them at test time.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -242,6 +244,22 @@ def test_the_equivariance_term_is_zero_only_when_both_crops_agree_in_the_photo()
     assert float(equivariance_loss(Template(), x, inverses, iods)) > 1e-3
 
 
+def _celeba_folder(root: Path, img: Image.Image, count: int, held_out: bool) -> tuple[Path, list[str]]:
+    """A data folder of ``count`` copies of ``img`` as aligned CelebA photos of different people,
+    all of the held-out split or all of the training split. Returns it and the file names."""
+    from engine.tools.data import _held_out
+
+    data = root / "data"
+    (data / "celeba" / "images").mkdir(parents=True)
+    people = [p for p in (str(k) for k in range(300)) if _held_out("celeba:" + p) == held_out][:count]
+    names = [f"{k + 1:06d}.jpg" for k in range(count)]
+    for name in names:
+        img.save(data / "celeba" / "images" / name, quality=95)
+    identities = "".join(f"{n} {p}\n" for n, p in zip(names, people, strict=True))
+    (data / "celeba" / "identity_CelebA.txt").write_text(identities)
+    return data, names
+
+
 def test_celeba_landmark_lists_read_in_either_format_and_scale_to_half_size_images(tmp_path) -> None:
     from engine.tools.data import celeba_eyes, read_celeba_landmarks
 
@@ -291,18 +309,10 @@ def test_refiner_training_uses_the_photos_the_landmark_list_covers(tmp_path) -> 
     import json
 
     from engine.core.landmarks import load_refiner
-    from engine.tools.data import _held_out
     from engine.tools.landmark_training import LandmarkOptions, train_landmarks
 
-    data = tmp_path / "data"
-    (data / "celeba" / "images").mkdir(parents=True)
     img = Image.open(RESOURCES / "astronaut.png").convert("RGB").resize((178, 218))
-    people = [p for p in (str(k) for k in range(100)) if not _held_out("celeba:" + p)][:6]
-    names = [f"{k + 1:06d}.jpg" for k in range(6)]
-    for name in names:
-        img.save(data / "celeba" / "images" / name)
-    identities = "".join(f"{n} {p}\n" for n, p in zip(names, people, strict=True))
-    (data / "celeba" / "identity_CelebA.txt").write_text(identities)
+    data, names = _celeba_folder(tmp_path, img, 6, held_out=False)
     covered = names[:4]
     (data / "celeba" / "list_landmarks_align_celeba.txt").write_text(
         "4\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n"
@@ -315,3 +325,24 @@ def test_refiner_training_uses_the_photos_the_landmark_list_covers(tmp_path) -> 
     (data / "celeba" / "list_landmarks_align_celeba.txt").write_text("1\nnames\n999999.jpg 1 2 3 4 5 6 7 8 9 10\n")
     with pytest.raises(ValueError, match="landmark list"):
         train_landmarks(LandmarkOptions(data=str(data), out=str(tmp_path / "model2"), steps=2, batch=8, log=False))
+
+
+def test_alignment_is_measured_against_hand_placed_eyes_when_the_data_folder_has_them(tmp_path) -> None:
+    """npe eval --alignment on held-out CelebA: with the landmark list, each photo's own eyes are
+    the truth (the astronaut, framed as CelebA would but with her eyes off its average place)."""
+    from engine.tools.evaluate import alignment_metrics
+
+    astronaut = Image.open(RESOURCES / "astronaut.png").convert("RGB")
+    x0, width = 130, 209  # a 178:218 box around her face
+    img = astronaut.crop((x0, 0, x0 + width, 256)).resize((178, 218), Image.BICUBIC)
+    eyes = (ASTRONAUT_EYES - [x0, 0] + 0.5) * 178 / width - 0.5
+    data, names = _celeba_folder(tmp_path, img, 3, held_out=True)
+    average = alignment_metrics(data, refiner=None, n=3)
+    (data / "celeba" / "list_landmarks_align_celeba.txt").write_text(
+        "3\nnames\n" + "".join(f"{n} " + " ".join(f"{v:.2f}" for v in eyes.ravel()) + " 88 135 72 152 105 152\n"
+                               for n in names))
+    own = alignment_metrics(data, refiner=None, n=3)
+    assert (average["truth"], own["truth"]) == ("average eye place", "hand-placed eyes")
+    assert own["detected"] >= 2
+    assert own["eye_error_cascade"]["median"] < 0.15  # type: ignore[index]
+    assert average["eye_error_cascade"]["median"] > own["eye_error_cascade"]["median"] + 0.1  # type: ignore[index]
