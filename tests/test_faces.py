@@ -325,6 +325,10 @@ def test_refiner_training_uses_the_photos_the_landmark_list_covers(tmp_path) -> 
     (data / "celeba" / "list_landmarks_align_celeba.txt").write_text("1\nnames\n999999.jpg 1 2 3 4 5 6 7 8 9 10\n")
     with pytest.raises(ValueError, match="landmark list"):
         train_landmarks(LandmarkOptions(data=str(data), out=str(tmp_path / "model2"), steps=2, batch=8, log=False))
+    # and a folder with no CelebA photos at all says how to lay the data out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="Training your own model"):
+        train_landmarks(LandmarkOptions(data=str(tmp_path / "empty"), out=str(tmp_path / "m3"), steps=2, log=False))
 
 
 def test_alignment_is_measured_against_hand_placed_eyes_when_the_data_folder_has_them(tmp_path) -> None:

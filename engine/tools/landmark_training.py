@@ -6,8 +6,8 @@ hand-placed eyes when the data folder has CelebA's landmark list
 the place CelebA's alignment puts eyes on average. The perturbation is known, so the eyes'
 position in the perturbed crop is known too. (Trained on the average place, the refiner
 learns where that alignment would put the eyes, not where they are: on 500 held-out CelebA
-photos measured against their hand-placed eyes, median 0.043 of the inter-ocular distance
-against 0.035 when trained on the eyes themselves.)
+photos measured against their hand-placed eyes, median 0.043 of the inter-ocular distance;
+trained on the eyes themselves, 0.035 after 3,000 steps and 0.024 after 20,000.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from engine.core import align
 from engine.core.faces import find_faces
 from engine.core.landmarks import INPUT, ROUNDS, WEIGHTS, EyeNet, _crop_gray, _read_rgb
-from engine.tools.data import _held_out, celeba_eyes, celeba_landmark_table, list_items
+from engine.tools.data import LAYOUT_HINT, _held_out, celeba_eyes, celeba_landmark_table, list_items
 
 
 def _perturbation(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -160,7 +160,8 @@ def train_landmarks(opts: LandmarkOptions) -> Path:
     train_items = [it for it in items if not _held_out(it.identity)
                    and (table is None or Path(it.file).name in table)]
     if not train_items:
-        raise ValueError(f"no training-identity CelebA image in {data_dir} has a row in its landmark list")
+        raise ValueError(f"no training-identity CelebA image in {data_dir}"
+                         + (" has a row in its landmark list" if table is not None else f"; {LAYOUT_HINT}"))
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     net = EyeNet()
