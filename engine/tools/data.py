@@ -95,6 +95,16 @@ def celeba_landmark_table(data_dir: Path) -> dict[str, np.ndarray] | None:
     return read_celeba_landmarks(path) if path.is_file() else None
 
 
+def celeba_with_eyes(data_dir: Path, held_out: bool) -> tuple[list[Item], dict[str, np.ndarray] | None]:
+    """The aligned CelebA items of one split whose eyes are known, and the landmark table: with
+    the table, the items it covers (their own eyes); without it, all of them (the average eye
+    place, ``celeba_eyes``)."""
+    table = celeba_landmark_table(data_dir)
+    items = [it for it in list_items(data_dir, ("celeba",))[0]
+             if _held_out(it.identity) == held_out and (table is None or Path(it.file).name in table)]
+    return items, table
+
+
 def list_items(data_dir: Path, sets: tuple[str, ...]) -> tuple[list[Item], list[str]]:
     items: list[Item] = []
     names: list[str] = []

@@ -39,7 +39,7 @@ from engine.core.model_folder import ModelFolder
 from engine.core.pipeline import Engine, detect, open_session
 from engine.core.session import EditSession
 from engine.tools.attribute_learning import evaluate_attributes
-from engine.tools.data import AlignedFaces, _held_out, aligned_cache, celeba_eyes, celeba_landmark_table, list_items
+from engine.tools.data import AlignedFaces, _held_out, aligned_cache, celeba_eyes, celeba_with_eyes, list_items
 
 
 @dataclass(frozen=True)
@@ -512,9 +512,7 @@ def alignment_metrics(data: Path, refiner: EyeRefiner | None, n: int = 300, seed
     are mean eye distance divided by the inter-ocular distance, for the cascade alone and with
     the landmark refiner.
     """
-    table = celeba_landmark_table(data)
-    items = [it for it in list_items(data, ("celeba",))[0]
-             if _held_out(it.identity) and (table is None or Path(it.file).name in table)]
+    items, table = celeba_with_eyes(data, held_out=True)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(items), min(n, len(items)), replace=False)
     found, err_cascade, err_refined, times = 0, [], [], []

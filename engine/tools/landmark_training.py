@@ -26,7 +26,7 @@ from tqdm import tqdm
 from engine.core import align
 from engine.core.faces import find_faces
 from engine.core.landmarks import INPUT, ROUNDS, WEIGHTS, EyeNet, _crop_gray, _read_rgb
-from engine.tools.data import LAYOUT_HINT, _held_out, celeba_eyes, celeba_landmark_table, list_items
+from engine.tools.data import LAYOUT_HINT, _held_out, celeba_eyes, celeba_with_eyes, list_items
 
 
 def _perturbation(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -155,10 +155,7 @@ def equivariance_loss(net: nn.Module, x: np.ndarray, inverses: np.ndarray, iods:
 
 def train_landmarks(opts: LandmarkOptions) -> Path:
     data_dir, out_dir, steps, batch, seed = Path(opts.data), Path(opts.out), opts.steps, opts.batch, opts.seed
-    items, _ = list_items(data_dir, ("celeba",))
-    table = celeba_landmark_table(data_dir)
-    train_items = [it for it in items if not _held_out(it.identity)
-                   and (table is None or Path(it.file).name in table)]
+    train_items, table = celeba_with_eyes(data_dir, held_out=False)
     if not train_items:
         raise ValueError(f"no training-identity CelebA image in {data_dir}"
                          + (" has a row in its landmark list" if table is not None else f"; {LAYOUT_HINT}"))
