@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from engine.core.edit import BrushOptimizer, BrushRule, MaskSettings, paint_loss, render, stamp_segment
+from engine.core.edit import (
+    BrushOptimizer,
+    BrushRule,
+    MaskSettings,
+    halo_of,
+    hue_drift,
+    paint_loss,
+    render,
+    stamp_segment,
+)
 from tests.conftest import TINY, make_tiny_model
 
 
@@ -105,7 +114,7 @@ def test_written_out_adam_matches_torch_adam() -> None:
     model = make_tiny_model()
     z = torch.randn(1, TINY.latent_dim, generator=torch.Generator().manual_seed(4))
     paint, alpha = _stroke()
-    rule = BrushRule("adam", keep=0.0)
+    rule = BrushRule("adam", keep=0.0, hue=0.0)
     ours = BrushOptimizer(z, rule, 3.0, model.decoder(z).detach())
     ref = z.clone().requires_grad_(True)
     adam = torch.optim.Adam([ref], lr=rule.lr, betas=BrushOptimizer.BETAS, eps=BrushOptimizer.EPS)
@@ -132,6 +141,38 @@ def test_the_paint_error_weights_hue_against_lightness() -> None:
     assert float(paint_loss(greener, paint, alpha, 3.0)) == pytest.approx(3 * plain["g"])
 
 
+def test_hue_drift_counts_a_third_hue_but_not_a_mix_of_photo_and_paint() -> None:
+    start = torch.tensor([0.4, 0.2, -0.3]).view(1, 3, 1, 1).expand(1, 3, 6, 6)  # fair hair
+    paint = torch.tensor([-0.8, -0.85, -0.9]).view(1, 3, 1, 1).expand(1, 3, 6, 6)  # dark brown
+    alpha = torch.zeros(1, 1, 6, 6)
+    alpha[..., 2:4, 2:4] = 1
+    halo = torch.ones(1, 1, 6, 6)
+    for t in (0.0, 0.3, 1.0):
+        assert float(hue_drift(start + t * (paint - start), start, paint * alpha, alpha, halo)) < 1e-10
+    assert float(hue_drift(start - 0.2, start, paint * alpha, alpha, halo)) < 1e-10  # darker, same hue
+    mixed = start + 0.7 * (paint - start)
+    greener = mixed + torch.tensor([-0.1, 0.1, 0.0]).view(1, 3, 1, 1)
+    assert float(hue_drift(greener, start, paint * alpha, alpha, halo)) > 1e-3
+    assert float(hue_drift(greener, start, paint * alpha, alpha, torch.zeros_like(halo))) == 0  # outside the halo
+
+
+def test_the_hue_term_keeps_a_stroke_closer_to_the_line_from_photo_to_paint() -> None:
+    model = make_tiny_model()
+    z = torch.randn(1, TINY.latent_dim, generator=torch.Generator().manual_seed(2))
+    paint, alpha = _stroke(0.6)
+    halo = halo_of(alpha, 6.0)
+    with torch.no_grad():
+        start = model.decoder(z)
+    drift = {}
+    for weight in (0.0, 300.0):
+        opt = BrushOptimizer(z, BrushRule("adam", hue=weight), 3.0, start)
+        for _ in range(30):
+            opt.step(model.decoder, paint, alpha, halo)
+        with torch.no_grad():
+            drift[weight] = float(hue_drift(model.decoder(opt.z), start, paint, alpha, halo))
+    assert drift[300.0] < drift[0.0] * 0.8
+
+
 def test_npe_eval_reports_brush_colour_in_cielab_on_the_exported_photo(tiny_model_dir, tmp_path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     import json
@@ -147,7 +188,11 @@ def test_npe_eval_reports_brush_colour_in_cielab_on_the_exported_photo(tiny_mode
     data = make_cache(tmp_path / "data", n=40, size=32)
     assert main(["eval", "--data", str(data), "--weights", str(tiny_model_dir), "--device", "cpu", "--n", "6",
                  "--brush-n", "3", "--grid", str(tmp_path / "g.png")]) == 0
-    report = json.loads(capsys.readouterr().out)["brush_export_lab"]
+    out = json.loads(capsys.readouterr().out)
+    drift = out["brush_hue_drift"]
+    assert set(drift) == {"mean", "p90"} | {s.name for s in STROKES}
+    assert 0 <= drift["mean"] <= drift["p90"]
+    report = out["brush_export_lab"]
     assert set(report) == {s.name for s in STROKES}
     for figures in report.values():
         assert figures["delta_e_before"] > 0

@@ -340,6 +340,8 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
     p.add_argument("--brush-n", type=int, default=24, help="faces to replay the brush strokes on")
     p.add_argument("--brush-lr", type=float, default=None,
                    help="the brush's step size to measure (default: the model's own, config.json 'brush')")
+    p.add_argument("--brush-hue", type=float, default=None,
+                   help="the brush's hue-drift weight to measure (default: the model's own, config.json 'brush')")
     p.add_argument("--threads", type=int, default=0)
     _add_common(p)
 

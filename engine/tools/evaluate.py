@@ -10,6 +10,10 @@ exactly as the editor does, one latent update per mouse sample):
                                  distance of the shown painted pixels to the paint colour
     outside_change               mean |shown - photo| (0..1) outside the stroke dilated by
                                  two brush radii
+    brush_hue_drift              per pixel the stroke and its halo visibly moved: the CIELAB
+                                 (a*, b*) distance of the shown colour from the line between the
+                                 photo's colour there and the paint's (mean, p90, per stroke; a
+                                 colour cast shows here, a mix of photo and paint does not)
     brush_export_lab             the same strokes on each face enlarged 4x and exported at that
                                  size (paste-back keeps the photo's detail, so the exported colour
                                  is not the crop's): per stroke, CIELAB distance to the paint
@@ -124,6 +128,7 @@ def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = No
     reductions: list[float] = []
     outside: list[float] = []
     per_stroke: dict[str, list[float]] = {s.name: [] for s in STROKES}
+    drift: dict[str, list[np.ndarray]] = {s.name: [] for s in STROKES}
     ms: list[float] = []
     for crop in crops:
         photo = Photo(pixels=crop, name="eval")
@@ -149,13 +154,37 @@ def brush_metrics(engine: object, crops: np.ndarray, rule: BrushRule | None = No
             out = (1 - halo_of(alpha, 2 * radius)) > 0.5
             diff = (shown - s.x).abs().mean(1, keepdim=True) / 2  # 0..1 units
             outside.append(float(diff[out].mean()) if out.any() else 0.0)
+            drift[spec.name].append(_hue_drift(s.x, shown, spec.color, ~out[0, 0].numpy()))
+    every = np.concatenate([d for v in drift.values() for d in v] + [np.zeros(0)])
+
+    def mean(v: list[np.ndarray]) -> float | None:
+        d = np.concatenate(v + [np.zeros(0)])
+        return round(float(d.mean()), 2) if d.size else None
+
     return {
         "brush_color_error_reduction": round(float(np.mean(reductions)), 4),
         "outside_change": round(float(np.mean(outside)), 5),
         "brush_per_stroke": {k: round(float(np.mean(v)), 4) for k, v in per_stroke.items()},
+        "brush_hue_drift": {"mean": mean([every]),
+                            "p90": round(float(np.percentile(every, 90)), 2) if every.size else None,
+                            **{k: mean(v) for k, v in drift.items()}},
         "brush_rule": asdict(rule or loaded.brush_rule),
         "brush_ms_per_event": round(float(np.median(ms)), 2),
     }
+
+
+def _hue_drift(x: torch.Tensor, shown: torch.Tensor, color: tuple[int, int, int], near: np.ndarray) -> np.ndarray:
+    """Per pixel near a stroke that visibly moved (> 8 / 255): the CIELAB (a*, b*) distance of the
+    shown colour from the line between the photo's colour and the paint's there. Mixing the two
+    gives 0; a cast towards a third hue (dark paint turning green) does not."""
+    before, after = to_uint8(x[0]).astype(np.float32), to_uint8(shown[0]).astype(np.float32)
+    moved = near & (np.abs(after - before).max(axis=2) > 8)
+    if not moved.any():
+        return np.zeros(0, np.float32)
+    c0, c = _lab(before[moved])[:, 1:], _lab(after[moved])[:, 1:]
+    d = _lab(np.array(color, np.float32))[1:] - c0
+    t = np.clip(((c - c0) * d).sum(1) / np.maximum((d * d).sum(1), 1e-6), 0, 1)
+    return np.linalg.norm(c - c0 - t[:, None] * d, axis=1)
 
 
 def _stroke_samples(spec: StrokeSpec, size: float) -> np.ndarray:
@@ -264,6 +293,7 @@ class EvalOptions:
     compare_at: int | None = None  # also score reconstructions at this size (models of any resolution, same faces)
     rule: str = "adam"  # brush update rule to measure (adam or sgd2016)
     brush_lr: float | None = None  # the brush's step size to measure (None: the model's own)
+    brush_hue: float | None = None  # the brush's hue-drift weight to measure (None: the model's own)
     brush_n: int = 24  # faces to replay the brush strokes on
     threads: int = 0  # CPU threads (0: torch's default)
     weights: str | None = None  # model folder (default: pretrained/)
@@ -304,6 +334,8 @@ def evaluate(opts: EvalOptions) -> dict[str, object]:
     rule = replace(engine.loaded.brush_rule, kind=opts.rule)
     if opts.brush_lr is not None:
         rule = replace(rule, lr=opts.brush_lr)
+    if opts.brush_hue is not None:
+        rule = replace(rule, hue=opts.brush_hue)
     out.update(brush_metrics(engine, crops[:n_brush], rule))
     out["brush_export_lab"] = export_lab_metrics(engine, crops[:max(1, n_brush // 3)], rule=rule)
     out["brush_n"] = n_brush
