@@ -230,6 +230,31 @@ def test_npe_eval_measures_edits_on_whole_photos(tiny_model_dir, tmp_path, astro
     assert figures["slider_hair_change_255"] > figures["slider_background_change_255"]  # the edit is on the head
 
 
+def test_the_real_fringe_reference_finds_more_texture_on_foreheads_with_bangs(tmp_path, astronaut) -> None:
+    """npe eval --photo-edits's reference for the fringe texture ratio: held-out CelebA photos of
+    dark-haired people, with bangs (here: strands drawn over the forehead) against without."""
+    from PIL import Image
+
+    from engine.tools.evaluate import real_fringe_texture
+    from tests.test_faces import _celeba_folder
+
+    data, names = _celeba_folder(tmp_path, Image.fromarray(astronaut), 5, held_out=True)
+    fringed = astronaut.copy()
+    fringed[45:95, 175:280:4] = (25, 20, 15)  # dark strands hanging where the fringe stroke goes
+    Image.fromarray(fringed).save(data / "celeba" / "images" / names[0], quality=95)
+    Image.fromarray(fringed).save(data / "celeba" / "images" / names[1], quality=95)
+    columns = ["Bangs", "Black_Hair", "Brown_Hair", "Smiling"]
+    rows = [[1, 1, -1, 1], [1, -1, 1, 1], [-1, 1, -1, 1], [-1, -1, 1, 1], [1, -1, -1, 1]]  # the last: fair hair
+    table = "".join(f"{n} {' '.join(map(str, r))}\n" for n, r in zip(names, rows, strict=True))
+    (data / "celeba" / "list_attr_celeba.txt").write_text(f"{len(rows)}\n{' '.join(columns)}\n" + table)
+    ref = real_fringe_texture(data, None)  # the cascade's eyes
+    assert ref is not None
+    assert (ref["photos_with_bangs"], ref["photos_without"]) == (2, 2)
+    assert ref["ratio"] > 1.5
+    (data / "celeba" / "list_attr_celeba.txt").write_text("5\nSmiling\n" + "".join(f"{n} 1\n" for n in names))
+    assert real_fringe_texture(data, None) is None  # no hair labels, no reference
+
+
 class _Identity(torch.nn.Module):
     """A 'model' that reconstructs exactly what it reads."""
 

@@ -391,7 +391,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     (mean |Laplacian| of the export over the changed pixels / the photo's there: 1 keeps the
     photo's texture, > 1 adds texture) and the mean change (0..255) of the pixels beside and
     above the head (background), of the inner face (skin, which a hair colour must leave) and
-    of the top of the head (hair, where it must show)."""
+    of the top of the head (hair, where it must show). On a prepared folder, ``real_fringe`` gives
+    the texture ratio a real fringe has there (``real_fringe_texture``), the fringe's reference."""
     if (data / "celeba").is_dir():
         items = [it for it in list_items(data, ("celeba",))[0] if _held_out(it.identity)]
         files = [data / it.file for it in items]
@@ -437,14 +438,64 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
         v = [x for x in v if np.isfinite(x)]
         return round(float(np.mean(v)), 3) if v else None
 
-    return {"photos": len(sizes), "skipped_no_face": skipped,
-            "median_size": np.median(np.array(sizes), axis=0).astype(int).tolist(),
-            "fringe_texture_ratio": mean(fringe),
+    out: dict[str, object] = {"photos": len(sizes), "skipped_no_face": skipped,
+                              "median_size": np.median(np.array(sizes), axis=0).astype(int).tolist(),
+                              "fringe_texture_ratio": mean(fringe),
             "slider_texture_ratio": mean(slider_texture),
             "sliders": [a.name for a in sliders],
-            "slider_background_change_255": mean(background),
-            "slider_skin_change_255": mean(skin),
-            "slider_hair_change_255": mean(hair)}
+                              "slider_background_change_255": mean(background),
+                              "slider_skin_change_255": mean(skin),
+                              "slider_hair_change_255": mean(hair)}
+    if (data / "celeba").is_dir():
+        out["real_fringe"] = real_fringe_texture(data, engine.refiner)
+    return out
+
+
+def _fringe_region(transform: np.ndarray, resolution: int, shape: tuple[int, ...]) -> np.ndarray:
+    """(H, W) bool: the photo pixels within three brush radii of the fringe stroke's centre line
+    (the stroke and the halo around it that its edit changes)."""
+    r = resolution
+    ys, xs = np.mgrid[0:r, 0:r].astype(np.float32)
+    dist = np.min([np.hypot(xs - x, ys - y) for x, y in _stroke_samples(FRINGE, r)], axis=0)
+    chosen = np.where(dist < 3 * FRINGE.radius * r, 255.0, 0.0).astype(np.float32)
+    h, w = shape[:2]
+    return cv2.warpAffine(chosen, align.invert(transform), (w, h), flags=cv2.INTER_LINEAR, borderValue=0) > 127
+
+
+def real_fringe_texture(data: Path, refiner: EyeRefiner | None, per_group: int = 150) -> dict[str, object] | None:
+    """What ``fringe_texture_ratio`` would be for a real fringe: the mean |Laplacian| where the
+    fringe stroke goes, on held-out full-size CelebA photos of dark-haired people with bangs,
+    over the same on dark-haired people without (CelebA's labels; a population comparison, not
+    the same faces). None when the folder has no labels."""
+    items, names = list_items(data, ("celeba",))
+    needed = ("Bangs", "Black_Hair", "Brown_Hair")
+    if not all(n in names for n in needed):
+        return None
+    bangs_col, black, brown = (names.index(n) for n in needed)
+    energy: dict[bool, list[float]] = {True: [], False: []}
+    for it in items:
+        if it.attrs is None or not _held_out(it.identity) or (it.attrs[black] <= 0 and it.attrs[brown] <= 0):
+            continue
+        with_bangs = it.attrs[bangs_col] > 0
+        if len(energy[with_bangs]) >= per_group:
+            if all(len(v) >= per_group for v in energy.values()):
+                break
+            continue
+        photo = load_photo(data / it.file)
+        if min(photo.size) < 170:  # the half-size copies show no strands
+            continue
+        faces = detect(photo, refiner)
+        if not faces:
+            continue
+        region = _fringe_region(faces[0].transform(64), 64, photo.pixels.shape)
+        if region.sum() >= 50:
+            energy[with_bangs].append(float(_laplacian_energy(photo.pixels)[region].mean()))
+    if not energy[True] or not energy[False]:
+        return None
+    fringed, bare = float(np.mean(energy[True])), float(np.mean(energy[False]))
+    return {"photos_with_bangs": len(energy[True]), "photos_without": len(energy[False]),
+            "texture_with_bangs": round(fringed, 2), "texture_without": round(bare, 2),
+            "ratio": round(fringed / max(bare, 1e-6), 3)}
 
 
 # Eye centres from a photo's landmark file: the mean of each eye's contour points (0-based
