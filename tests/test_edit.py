@@ -235,6 +235,7 @@ def test_the_real_fringe_reference_finds_more_texture_on_foreheads_with_bangs(tm
     dark-haired people, with bangs (here: strands drawn over the forehead) against without."""
     from PIL import Image
 
+    from engine.tools.data import list_items
     from engine.tools.evaluate import real_fringe_texture
     from tests.test_faces import _celeba_folder
 
@@ -247,12 +248,12 @@ def test_the_real_fringe_reference_finds_more_texture_on_foreheads_with_bangs(tm
     rows = [[1, 1, -1, 1], [1, -1, 1, 1], [-1, 1, -1, 1], [-1, -1, 1, 1], [1, -1, -1, 1]]  # the last: fair hair
     table = "".join(f"{n} {' '.join(map(str, r))}\n" for n, r in zip(names, rows, strict=True))
     (data / "celeba" / "list_attr_celeba.txt").write_text(f"{len(rows)}\n{' '.join(columns)}\n" + table)
-    ref = real_fringe_texture(data, None)  # the cascade's eyes
+    ref = real_fringe_texture(data, list_items(data, ("celeba",)), None)  # the cascade's eyes
     assert ref is not None
     assert (ref["photos_with_bangs"], ref["photos_without"]) == (2, 2)
     assert ref["ratio"] > 1.5
     (data / "celeba" / "list_attr_celeba.txt").write_text("5\nSmiling\n" + "".join(f"{n} 1\n" for n in names))
-    assert real_fringe_texture(data, None) is None  # no hair labels, no reference
+    assert real_fringe_texture(data, list_items(data, ("celeba",)), None) is None  # no hair labels, no reference
 
 
 class _Identity(torch.nn.Module):

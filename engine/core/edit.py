@@ -195,16 +195,15 @@ class BrushOptimizer:
             loss = paint_loss(out, paint, alpha, self.rule.chroma)
             total = loss
             if self.rule.kind == "adam":
-                if self.rule.keep > 0:
+                if self.rule.keep > 0 or self.rule.hue > 0:
                     if halo is None:
                         halo = halo_of(alpha, self.rule.halo * self.radius_px)
-                    outside = 1.0 - halo
-                    n_out = outside.sum().clamp_min(1.0) * 3
-                    total = total + self.rule.keep * (outside * (out - self.keep_image) ** 2).sum() / n_out
-                if self.rule.hue > 0:
-                    if halo is None:
-                        halo = halo_of(alpha, self.rule.halo * self.radius_px)
-                    total = total + self.rule.hue * hue_drift(out, self.keep_image, paint, alpha, halo)
+                    if self.rule.keep > 0:
+                        outside = 1.0 - halo
+                        n_out = outside.sum().clamp_min(1.0) * 3
+                        total = total + self.rule.keep * (outside * (out - self.keep_image) ** 2).sum() / n_out
+                    if self.rule.hue > 0:
+                        total = total + self.rule.hue * hue_drift(out, self.keep_image, paint, alpha, halo)
                 if self.rule.prior > 0:
                     d = self.z.shape[1]
                     total = total + self.rule.prior * (self.z.norm() - math.sqrt(d)) ** 2 / d

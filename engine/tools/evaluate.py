@@ -43,7 +43,15 @@ from engine.core.model_folder import ModelFolder
 from engine.core.pipeline import Engine, detect, open_session
 from engine.core.session import EditSession
 from engine.tools.attribute_learning import evaluate_attributes
-from engine.tools.data import AlignedFaces, _held_out, aligned_cache, celeba_eyes, celeba_with_eyes, list_items
+from engine.tools.data import (
+    AlignedFaces,
+    Item,
+    _held_out,
+    aligned_cache,
+    celeba_eyes,
+    celeba_with_eyes,
+    list_items,
+)
 
 
 @dataclass(frozen=True)
@@ -393,9 +401,9 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     above the head (background), of the inner face (skin, which a hair colour must leave) and
     of the top of the head (hair, where it must show). On a prepared folder, ``real_fringe`` gives
     the texture ratio a real fringe has there (``real_fringe_texture``), the fringe's reference."""
-    if (data / "celeba").is_dir():
-        items = [it for it in list_items(data, ("celeba",))[0] if _held_out(it.identity)]
-        files = [data / it.file for it in items]
+    listing = list_items(data, ("celeba",)) if (data / "celeba").is_dir() else None
+    if listing is not None:
+        files = [data / it.file for it in listing[0] if _held_out(it.identity)]
         files = sorted(files, key=lambda f: -f.stat().st_size)[:n]  # the full-size ones first
     else:
         files = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)[:n]
@@ -441,13 +449,13 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     out: dict[str, object] = {"photos": len(sizes), "skipped_no_face": skipped,
                               "median_size": np.median(np.array(sizes), axis=0).astype(int).tolist(),
                               "fringe_texture_ratio": mean(fringe),
-            "slider_texture_ratio": mean(slider_texture),
-            "sliders": [a.name for a in sliders],
+                              "slider_texture_ratio": mean(slider_texture),
+                              "sliders": [a.name for a in sliders],
                               "slider_background_change_255": mean(background),
                               "slider_skin_change_255": mean(skin),
                               "slider_hair_change_255": mean(hair)}
-    if (data / "celeba").is_dir():
-        out["real_fringe"] = real_fringe_texture(data, engine.refiner)
+    if listing is not None:
+        out["real_fringe"] = real_fringe_texture(data, listing, engine.refiner)
     return out
 
 
@@ -462,12 +470,14 @@ def _fringe_region(transform: np.ndarray, resolution: int, shape: tuple[int, ...
     return cv2.warpAffine(chosen, align.invert(transform), (w, h), flags=cv2.INTER_LINEAR, borderValue=0) > 127
 
 
-def real_fringe_texture(data: Path, refiner: EyeRefiner | None, per_group: int = 150) -> dict[str, object] | None:
+def real_fringe_texture(data: Path, listing: tuple[list[Item], list[str]], refiner: EyeRefiner | None,
+                        per_group: int = 150) -> dict[str, object] | None:
     """What ``fringe_texture_ratio`` would be for a real fringe: the mean |Laplacian| where the
     fringe stroke goes, on held-out full-size CelebA photos of dark-haired people with bangs,
     over the same on dark-haired people without (CelebA's labels; a population comparison, not
-    the same faces). None when the folder has no labels."""
-    items, names = list_items(data, ("celeba",))
+    the same faces). ``listing``: the folder's CelebA items and attribute names (``list_items``).
+    None when the folder has no hair labels."""
+    items, names = listing
     needed = ("Bangs", "Black_Hair", "Brown_Hair")
     if not all(n in names for n in needed):
         return None
