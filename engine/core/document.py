@@ -33,6 +33,7 @@ from safetensors.torch import save as st_save
 
 from engine.core.attributes import AttributeSet, SliderValues
 from engine.core.checkpoint import LoadedModel
+from engine.core.detail import HairDetail
 from engine.core.faces import Face
 from engine.core.images import ImageError, Photo, atomic_write, decode_photo
 from engine.core.session import EditSession, Snapshot
@@ -62,6 +63,7 @@ class Document:
     model: LoadedModel
     device: torch.device
     attributes: AttributeSet
+    hair_detail: HairDetail | None = None
     _below: tuple[object, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
@@ -69,7 +71,7 @@ class Document:
         """The document of one session (of the whole image when its face is not among ``faces``)."""
         key = face_index if session.face in faces else WHOLE_IMAGE
         return cls(session.photo, list(faces), {key: session}, key, session.model, session.device,
-                   session.attributes)
+                   session.attributes, session.hair_detail)
 
     @property
     def current(self) -> EditSession:
@@ -81,7 +83,7 @@ class Document:
             raise ValueError(f"there is no face {index}")
         if index not in self.sessions:
             self.sessions[index] = EditSession(self.model, self.photo, self.faces[index], self.device,
-                                               self.attributes)
+                                               self.attributes, hair_detail=self.hair_detail)
         self.face_index = index
         return self.sessions[index]
 
@@ -101,22 +103,23 @@ class Document:
                 if (i < self.face_index if below else i > self.face_index) and s.edited]
 
     def composite(self, pixels: np.ndarray | None = None, scale: float = 1.0,
-                  result: object | None = None) -> np.ndarray:
-        """The photo (or a copy resized by ``scale``) with every face's edits. The faces pasted
-        before the current one are kept while they and the picture size stay the same."""
+                  result: object | None = None, detail: bool = False) -> np.ndarray:
+        """The photo (or a copy resized by ``scale``) with every face's edits (``detail``: with
+        strands where a stroke grew hair, ``EditSession.composite``). The faces pasted before the
+        current one are kept while they and the picture size stay the same."""
         base = self.photo.pixels if pixels is None else pixels
         below = self.others(below=True)
         if below:
-            key = (id(base), base.shape, scale, tuple(s.version for s in below))
+            key = (id(base), base.shape, scale, detail, tuple(s.version for s in below))
             if self._below is None or self._below[0] != key:
                 layered = base
                 for s in below:
-                    layered = s.composite(layered, scale)
+                    layered = s.composite(layered, scale, detail=detail)
                 self._below = (key, layered)
             base = self._below[1]
-        out = self.current.composite(base, scale, result)  # type: ignore[arg-type]
+        out = self.current.composite(base, scale, result, detail)  # type: ignore[arg-type]
         for s in self.others(below=False):
-            out = s.composite(out, scale)
+            out = s.composite(out, scale, detail=detail)
         return out
 
     def to(self, device: str | torch.device) -> None:
@@ -219,7 +222,7 @@ def load_document(engine: Any, path: str | Path) -> Document:
             face = int(edit["face"])
             where = Face.from_dict(edit["face_box"]) if face == WHOLE_IMAGE else faces[face]
             s = EditSession(loaded, photo, where, engine.device, engine.attributes,
-                            z0=tensors[f"{prefix}z0"].numpy())
+                            z0=tensors[f"{prefix}z0"].numpy(), hair_detail=engine.detail)
             s.history = history
             s.position = position
             s.restore(history[position])
@@ -228,7 +231,7 @@ def load_document(engine: Any, path: str | Path) -> Document:
             faces[face_index]  # noqa: B018 - the chosen face must exist
     except (KeyError, ValueError, TypeError, IndexError) as e:
         raise SessionError(f"{p.name}: the session's contents are damaged ({e})") from None
-    doc = Document(photo, faces, sessions, face_index, loaded, engine.device, engine.attributes)
+    doc = Document(photo, faces, sessions, face_index, loaded, engine.device, engine.attributes, engine.detail)
     doc.choose(face_index)
     return doc
 

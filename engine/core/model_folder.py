@@ -4,6 +4,7 @@
     attributes.json + attributes.safetensors   the slider directions (engine.core.attributes)
     judge.json + judge.safetensors             the attribute judge (engine.core.judge)
     landmarks.json + landmarks.safetensors     the eye refiner (engine.core.landmarks)
+    detail.json + detail.safetensors           the hair detail network (engine.core.detail)
 
 ``ModelFolder.find`` applies the one rule for which folder: the one asked for (``--weights``),
 else ``NPE_MODEL_DIR``, else ``pretrained/``. Everything is read from that folder, so a
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from engine.core import checkpoint, judge, landmarks
+from engine.core import checkpoint, detail, judge, landmarks
 from engine.core.attributes import DIRECTIONS_FILE, NAMES_FILE, AttributeSet
 from engine.core.checkpoint import LoadedModel
 
@@ -60,6 +61,10 @@ class ModelFolder:
     def landmarks_file(self) -> Path:
         return self.path / landmarks.WEIGHTS
 
+    @property
+    def detail_file(self) -> Path:
+        return self.path / detail.WEIGHTS
+
     # ---- the artefacts -------------------------------------------------------------------
     def load_model(self, device: str | torch.device = "cpu") -> LoadedModel:
         return checkpoint.load_model(self.path, device)
@@ -74,7 +79,12 @@ class ModelFolder:
         """The eye refiner shipped in this folder, or None (the face cascade alone is used)."""
         return landmarks.load_refiner(self.landmarks_file)
 
+    def load_detail(self) -> detail.HairDetail | None:
+        """The hair detail network shipped in this folder, or None (strokes add no strands)."""
+        return detail.load_detail(self.detail_file)
+
     def describe(self) -> dict[str, object]:
         return {"folder": str(self.path), "weights": str(self.weights_file),
                 "eye_refiner": str(self.landmarks_file) if self.landmarks_file.exists() else None,
-                "judge": str(self.judge_file) if self.judge_file.exists() else None}
+                "judge": str(self.judge_file) if self.judge_file.exists() else None,
+                "hair_detail": str(self.detail_file) if self.detail_file.exists() else None}

@@ -9,6 +9,7 @@ import torch
 
 from engine.core.attributes import AttributeSet, SliderKind
 from engine.core.checkpoint import LoadedModel
+from engine.core.detail import HairDetail
 from engine.core.device import pick_device
 from engine.core.faces import Face, find_faces, whole_image_face
 from engine.core.images import Photo, load_photo
@@ -35,13 +36,15 @@ class Engine:
     attributes: AttributeSet
     refiner: EyeRefiner | None
     device: torch.device
+    detail: HairDetail | None = None  # strands where a stroke grows hair (None: the pass is skipped)
 
     @classmethod
     def load(cls, where: str | os.PathLike[str] | ModelFolder | None = None, device: str = "auto") -> Engine:
         folder = ModelFolder.find(where)
         dev = pick_device(device)
         loaded = folder.load_model(dev)
-        return cls(folder, loaded, folder.load_attributes(loaded.config.latent_dim), folder.load_refiner(), dev)
+        return cls(folder, loaded, folder.load_attributes(loaded.config.latent_dim), folder.load_refiner(), dev,
+                   folder.load_detail())
 
     def describe(self) -> dict[str, object]:
         cfg = self.loaded.config
@@ -97,5 +100,5 @@ def open_session(engine: Engine, path: str | os.PathLike[str] | Photo, face_inde
     photo = path if isinstance(path, Photo) else load_photo(path)
     found = detect(photo, engine.refiner) if faces is None else faces
     face = choose_face(photo, found, face_index)
-    session = EditSession(engine.loaded, photo, face, engine.device, engine.attributes)
+    session = EditSession(engine.loaded, photo, face, engine.device, engine.attributes, hair_detail=engine.detail)
     return session, found

@@ -245,7 +245,7 @@ class EditService:
         s = self._need_session()
         t0 = time.perf_counter()
         self.emit(rq.Progress(req.id, f"exporting {Path(req.path).name}..."))
-        save_image(req.path, self._need_document().composite(), quality=req.quality, photo=s.photo)
+        save_image(req.path, self._need_document().composite(detail=True), quality=req.quality, photo=s.photo)
         self.emit(rq.Done(req.id, f"exported {Path(req.path).name} "
                                   f"({s.photo.size[0]}x{s.photo.size[1]}, {time.perf_counter() - t0:.1f} s)", req.path))
         return False
@@ -289,9 +289,10 @@ class EditService:
         return self._display
 
     def edited_view(self, result: CropRender) -> np.ndarray:
-        """The photo with every face's edits, as exported (at the view's scale)."""
+        """The photo with every face's edits, as exported (at the view's scale): hair grown by a
+        stroke gets its strands once the stroke ends."""
         scale, base = self.display_photo()
-        return self._need_document().composite(base, scale, result)
+        return self._need_document().composite(base, scale, result, detail=self._need_session().stroke is None)
 
     def raw_view(self, result: CropRender) -> np.ndarray:
         """The decoder's output over the whole crop, no blend mask."""

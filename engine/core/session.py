@@ -24,7 +24,8 @@ import torch
 from engine.core import align
 from engine.core.attributes import AttributeSet, SliderValues
 from engine.core.checkpoint import LoadedModel
-from engine.core.edit import BrushOptimizer, BrushRule, MaskSettings, check_latent, render, stamp_segment
+from engine.core.detail import HairDetail, growth_map
+from engine.core.edit import BrushOptimizer, BrushRule, MaskSettings, change_mask, check_latent, render, stamp_segment
 from engine.core.faces import Face
 from engine.core.images import Photo, to_tensor, to_uint8
 from engine.core.regions import Regions, find_regions
@@ -72,8 +73,10 @@ class CropRender:
 class EditSession:
     def __init__(self, model: LoadedModel, photo: Photo, face: Face, device: str | torch.device = "cpu",
                  attributes: AttributeSet | None = None, mask: MaskSettings = MaskSettings(),
-                 rule: BrushRule | None = None, z0: np.ndarray | None = None) -> None:
+                 rule: BrushRule | None = None, z0: np.ndarray | None = None,
+                 hair_detail: HairDetail | None = None) -> None:
         self.model = model
+        self.hair_detail = hair_detail  # strands where a stroke grows hair (None: the pass is skipped)
         self.device = torch.device(device)
         self.decoder = model.model.decoder
         self.resolution = model.config.resolution
@@ -112,6 +115,7 @@ class EditSession:
         self.stroke: Stroke | None = None
         self._render: CropRender | None = None
         self._plain: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._growth: tuple[torch.Tensor, np.ndarray | None] | None = None
 
     def to(self, device: str | torch.device) -> None:
         """Move the session (not the model) to another device; a stroke in progress continues."""
@@ -121,6 +125,7 @@ class EditSession:
         for name in ("x", "recon0", "z0", "z_base"):
             setattr(self, name, getattr(self, name).to(self.device))
         self._plain = None
+        self._growth = None
         self._offset = None
         self._region = None
         if self.stroke is not None:  # the optimiser restarts from the current latent
@@ -385,25 +390,50 @@ class EditSession:
         return self._plain[1]
 
     def composite(self, pixels: np.ndarray | None = None, scale: float = 1.0,
-                  result: CropRender | None = None) -> np.ndarray:
+                  result: CropRender | None = None, detail: bool = False) -> np.ndarray:
         """The photo (or a copy of it resized by ``scale``) with the edit pasted back: the photo
         moves by the shown crop's change, so it keeps its own fine detail (what the editor shows
-        and what is exported)."""
+        and what is exported). With ``detail``, where a stroke grew hair over skin the photo's
+        fine detail there is replaced by strands (``hair_detail``; the editor shows it once a
+        stroke ends, and export always)."""
         res = result or self.render()
         change = ((res.shown - self.x)[0] * 127.5).permute(1, 2, 0).detach().float().cpu().numpy()
-        return self.paste(change, res.mask, pixels, scale, add=True)
+        out = self.paste(change, res.mask, pixels, scale, add=True)
+        if detail and self.hair_detail is not None:
+            growth = self.growth()
+            if growth is not None:
+                out = self.hair_detail.apply(out, growth, self.transform_at(scale))
+        return out
+
+    def growth(self) -> np.ndarray | None:
+        """(R, R): where the brush grew hair over skin (``detail.growth_map``), or None when it
+        grew none; sliders never do. Kept while the latent stays the same."""
+        if torch.equal(self.z_base, self.z0):
+            return None
+        if self._growth is None or not torch.equal(self._growth[0], self.z_base):
+            with torch.inference_mode():
+                plain = self.generate(self.z_base, sliders=False)
+                brushed = change_mask(plain, self.recon0, self.mask_settings)
+                after = to_uint8((self.x + brushed * (plain - self.x))[0])
+            grow = growth_map(self.crop_pixels, after, brushed[0, 0].cpu().numpy(), self.regions.hair)
+            self._growth = (self.z_base.clone(), grow if grow.any() else None)
+        return self._growth[1]
+
+    def transform_at(self, scale: float) -> np.ndarray:
+        """The crop's transform from a copy of the photo resized by ``scale``."""
+        t = self.transform.copy()
+        if scale != 1.0:
+            t[:, :2] /= scale
+            # pixel centres: photo x = (display x + 0.5) / scale - 0.5
+            t[:, 2] = align.apply(self.transform, np.array([[0.5 / scale - 0.5, 0.5 / scale - 0.5]]))[0]
+        return t
 
     def paste(self, layer: np.ndarray, weight: torch.Tensor, pixels: np.ndarray | None = None,
               scale: float = 1.0, add: bool = False) -> np.ndarray:
         """Put a crop-sized ``layer`` (R, R, 3: an image in 0..255, or with ``add`` a change) into
         the photo, or into a copy of it resized by ``scale``, where ``weight`` (1, 1, R, R) says."""
         base = self.photo.pixels if pixels is None else pixels
-        t = self.transform.copy()
-        if scale != 1.0:
-            t[:, :2] /= scale
-            # pixel centres: photo x = (display x + 0.5) / scale - 0.5
-            t[:, 2] = align.apply(self.transform, np.array([[0.5 / scale - 0.5, 0.5 / scale - 0.5]]))[0]
-        return align.paste_back(base, t, layer, weight[0, 0].detach().cpu().numpy(), add=add)
+        return align.paste_back(base, self.transform_at(scale), layer, weight[0, 0].detach().cpu().numpy(), add=add)
 
     @property
     def edited(self) -> bool:

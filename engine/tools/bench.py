@@ -5,6 +5,9 @@
     display_ms_p95         pasting that crop into the photo at screen size (what the GUI adds)
     slider_event_ms_p50/95 one step of an attribute slider dragged 0 -> +1, shown at screen size
     slider_first_event_ms  its first step, which also finds the face's region map
+    stroke_end_view_ms     the view once the stroke ends: the hair detail pass at screen size
+    detail_pass_ms         the hair detail pass alone on the 12-megapixel photo at full size (the
+                           stroke grows hair on the forehead); hair_detail says whether one is shipped
     encode_ms              encoder on one aligned crop
     open_to_editable_ms    12-megapixel JPEG: read + decode + detect + align + encode
     export_ms              the edited 12-megapixel photo composited at full size and written
@@ -141,6 +144,24 @@ def bench(args: BenchOptions) -> dict[str, object]:
             events.append(t1 - t0)
             display.append(t2 - t1)
         session.brush_end()
+        # the view once the stroke ends: strands where it grew hair (twice: the first also finds
+        # the face's region map)
+        for _ in range(2):
+            t0 = time.perf_counter()
+            frame = session.composite(screen, scale, detail=True)
+            out["stroke_end_view_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        out["hair_detail"] = engine.detail is not None
+        if engine.detail is not None:
+            plain = session.composite()
+            grown = session.growth()
+            passes = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                if grown is not None:
+                    engine.detail.apply(plain, grown, session.transform)
+                passes.append(time.perf_counter() - t0)
+            out["detail_pass_ms"] = _ms(passes, 50)
+            out["detail_grown_share"] = 0.0 if grown is None else round(float((grown > 0).mean()), 4)
         ev = events[10:]
         p50 = _ms(ev, 50)
         out["brush_events"] = len(ev)
@@ -159,7 +180,7 @@ def bench(args: BenchOptions) -> dict[str, object]:
                 _sync(dev)
                 t0 = time.perf_counter()
                 session.set_sliders({named[0]: float(v)})
-                frame = session.composite(screen, scale)
+                frame = session.composite(screen, scale, detail=True)
                 _ = np.ascontiguousarray(frame).copy()
                 _sync(dev)
                 slider.append(time.perf_counter() - t0)
@@ -169,7 +190,7 @@ def bench(args: BenchOptions) -> dict[str, object]:
             out["slider_event_ms_p95"] = _ms(slider[5:], 95)
 
         t0 = time.perf_counter()
-        save_image(Path(tmp) / "export.jpg", session.composite(), quality=95, photo=session.photo)
+        save_image(Path(tmp) / "export.jpg", session.composite(detail=True), quality=95, photo=session.photo)
         out["export_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         out["open_file_only_ms"] = round(_time(lambda: load_photo(photo_path)) * 1000, 1)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

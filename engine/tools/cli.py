@@ -8,6 +8,7 @@
     npe eval --data DIR               evaluate a model, as JSON
     npe attributes --data DIR         learn the attribute directions for a model
     npe landmarks --data DIR          train the eye-landmark refiner
+    npe detail --data DIR --out RUN   train the hair detail network (strands where a stroke grows hair)
     npe bench                         speed figures, as JSON
     npe export RUN --out DIR          a training run's latest weights as a model folder
 
@@ -38,12 +39,13 @@ from engine.core.pipeline import Engine, NoFaceError, choose_face, detect, open_
 from engine.core.session import StrokeMissedError
 from engine.tools.attribute_learning import AttributeOptions, learn_attributes
 from engine.tools.bench import BenchOptions, bench
+from engine.tools.detail_training import DetailOptions, train_detail
 from engine.tools.evaluate import EvalOptions, evaluate
 from engine.tools.landmark_training import LandmarkOptions, train_landmarks
 from engine.tools.train import TrainOptions, export_run, train
 
 T = TypeVar("T")
-COMMANDS = ("info", "edit", "align", "train", "eval", "attributes", "landmarks", "bench", "export")
+COMMANDS = ("info", "edit", "align", "train", "eval", "attributes", "landmarks", "detail", "bench", "export")
 STROKE_RE = re.compile(r"^#?([0-9a-fA-F]{6}):(\d+(?:\.\d+)?):(.+)$")
 
 
@@ -155,7 +157,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not args.force and out.resolve() == Path(args.photo).resolve():
         raise UsageError(f"{out} is the photo being edited: pass --force to overwrite it")
-    save_image(out, session.composite(), quality=args.quality, photo=session.photo)
+    save_image(out, session.composite(detail=True), quality=args.quality, photo=session.photo)
     face = 0 if args.face is None else args.face
     seconds = time.perf_counter() - t0
     if args.json:
@@ -224,6 +226,13 @@ def cmd_attributes(args: argparse.Namespace) -> int:
 
 def cmd_landmarks(args: argparse.Namespace) -> int:
     path = train_landmarks(_options(LandmarkOptions, args))
+    print(json.dumps({"weights": str(path)}))
+    return 0
+
+
+def cmd_detail(args: argparse.Namespace) -> int:
+    opts = _options(DetailOptions, args)
+    path = train_detail(dataclasses.replace(opts, data=Path(opts.data), out=Path(opts.out)))
     print(json.dumps({"weights": str(path)}))
     return 0
 
@@ -365,6 +374,14 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
                         "differently turned crops of a face must agree (default 0: off; measured with 1500 "
                         "faces at weight 1: All-Age-Faces median 5.3 -> 8.0 %%, CelebA 3.4 -> 5.9 %%, worse)")
 
+    p = sub.add_parser("detail", help="train the hair detail network; the run folder keeps its state and "
+                                      "the weights to ship (detail.safetensors + detail.json)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="the run folder (outside the repository)")
+    p.add_argument("--steps", type=int, default=None, help="train until this step (default 20000)")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
+
     p = sub.add_parser("bench", help="speed figures as JSON")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--photo", help="a photo to open (default: a generated 12-megapixel photo)")
@@ -377,7 +394,7 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
 
 
 HANDLERS = {"info": cmd_info, "edit": cmd_edit, "align": cmd_align, "train": cmd_train, "eval": cmd_eval,
-            "attributes": cmd_attributes, "landmarks": cmd_landmarks, "bench": cmd_bench,
+            "attributes": cmd_attributes, "landmarks": cmd_landmarks, "detail": cmd_detail, "bench": cmd_bench,
             "export": cmd_export}
 
 

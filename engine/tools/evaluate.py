@@ -408,7 +408,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     else:
         files = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)[:n]
     sliders = [a for a in engine.attributes.attributes if a.name in ("blond_hair", "black_hair")]
-    fringe, slider_texture, background, skin, hair, sizes = [], [], [], [], [], []
+    fringe, fringe_plain, slider_texture, background, skin, hair, sizes = [], [], [], [], [], [], []
     skipped = 0
     for f in files:
         photo = load_photo(f)
@@ -422,14 +422,15 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
         samples = align.apply(align.invert(t), _stroke_samples(FRINGE, session.resolution))
         radius = FRINGE.radius * session.resolution / align.scale_of(t)
         session.paint(FRINGE.color, radius, [(float(x), float(y)) for x, y in samples])
-        fringe.append(_texture_ratio(photo.pixels, session.composite()))
+        fringe.append(_texture_ratio(photo.pixels, session.composite(detail=True)))
+        fringe_plain.append(_texture_ratio(photo.pixels, session.composite()))
         session.reset()
         outside = _photo_pixels_of(session, HEAD_ENVELOPE, inside=False)
         face = _photo_pixels_of(session, INNER_FACE, inside=True)
         top = _photo_pixels_of(session, TOP_OF_HEAD, inside=True)
         for a in sliders:
             session.set_sliders({a.name: 1.0})
-            edited = session.composite()
+            edited = session.composite(detail=True)
             slider_texture.append(_texture_ratio(photo.pixels, edited))
             diff = np.abs(edited.astype(np.int16) - photo.pixels.astype(np.int16)).mean(axis=2)
             if outside.any():
@@ -449,6 +450,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     out: dict[str, object] = {"photos": len(sizes), "skipped_no_face": skipped,
                               "median_size": np.median(np.array(sizes), axis=0).astype(int).tolist(),
                               "fringe_texture_ratio": mean(fringe),
+                              "hair_detail": engine.detail is not None,
+                              "fringe_texture_ratio_without_detail": mean(fringe_plain),
                               "slider_texture_ratio": mean(slider_texture),
                               "sliders": [a.name for a in sliders],
                               "slider_background_change_255": mean(background),

@@ -1,0 +1,170 @@
+"""The hair detail pass: strands where a stroke grew hair over skin, nothing anywhere else."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from engine.core import align
+from engine.core.checkpoint import ModelError
+from engine.core.detail import DetailNet, HairDetail, band, growth_map, load_detail
+
+SIZE = 64
+
+
+def _astronaut_transform(photo: np.ndarray) -> np.ndarray:
+    """A crop of the whole square photo (the template's eyes where the photo's would be)."""
+    side = photo.shape[1]
+    return align.eyes_to_crop(align.TEMPLATE_EYES * side - 0.5, SIZE)
+
+
+def _forehead(size: int = SIZE) -> np.ndarray:
+    """Hair grown over the forehead: crop rows 14..22 and columns 20..44 of 64."""
+    growth = np.zeros((size, size), np.float32)
+    growth[14 * size // 64:22 * size // 64, 20 * size // 64:44 * size // 64] = 1.0
+    return growth
+
+
+def _net(seed: int = 0, zero: bool = False) -> DetailNet:
+    torch.manual_seed(seed)
+    net = DetailNet(8)
+    with torch.no_grad():
+        if zero:  # answers no detail at all
+            net.out.weight.zero_()
+            net.out.bias.zero_()
+        else:
+            net.out.weight.mul_(20.0)  # an untrained network's answer is faint; make it visible
+    return net
+
+
+def _laplacian(pixels: np.ndarray) -> np.ndarray:
+    return np.abs(cv2.Laplacian(cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F))
+
+
+def test_the_detail_never_changes_colour() -> None:
+    d = torch.randn(1, 3, 32, 32)
+    assert torch.allclose(band(d + 0.3), band(d), atol=1e-5)  # a colour cast added is taken out again
+
+
+def test_strands_go_only_where_hair_grew(astronaut) -> None:
+    t = _astronaut_transform(astronaut)
+    hd = HairDetail(_net())
+    assert hd.apply(astronaut, np.zeros((SIZE, SIZE), np.float32), t) is astronaut  # nothing grew: nothing done
+    out = hd.apply(astronaut, _forehead(), t)
+    changed = np.abs(out.astype(np.int16) - astronaut.astype(np.int16)).max(axis=2) > 0
+    # the forehead band, crop rows 14..22 and columns 20..44, is photo rows 112..176, columns 160..352
+    assert changed[120:168, 170:340].mean() > 0.5
+    far = np.ones_like(changed)
+    far[100:190, 145:370] = False  # the band with the bilinear border around it
+    assert not changed[far].any()
+    again = hd.apply(astronaut, _forehead(), t)
+    other = hd.apply(astronaut, _forehead(), t, seed=1)
+    assert np.array_equal(out, again)  # the export is the preview
+    assert not np.array_equal(out, other)
+
+
+def test_the_photos_own_fine_detail_is_replaced_where_hair_grew(astronaut) -> None:
+    """A network that answers no detail leaves the grown region smooth: the skin's pores are
+    gone, its colour stays."""
+    t = _astronaut_transform(astronaut)
+    out = HairDetail(_net(zero=True)).apply(astronaut, _forehead(), t)
+    inside = (slice(125, 165), slice(175, 335))
+    assert _laplacian(out)[inside].mean() < 0.5 * _laplacian(astronaut)[inside].mean()
+    assert np.abs(out[inside].mean((0, 1)) - astronaut[inside].mean((0, 1))).max() < 3
+
+
+def test_a_large_photo_gets_detail_at_the_capped_scale(astronaut) -> None:
+    big = cv2.resize(astronaut, (1400, 1400), interpolation=cv2.INTER_CUBIC)  # eyes 364 px apart: over twice CelebA's
+    t = _astronaut_transform(big)
+    hd = HairDetail(_net(), max_scale=2.0)
+    _, scale = hd.frame(t, SIZE)
+    assert scale > 2.0
+    out = hd.apply(big, _forehead(), t)
+    changed = np.abs(out.astype(np.int16) - big.astype(np.int16)).max(axis=2) > 0
+    assert changed[330:460, 470:930].mean() > 0.5
+    assert not changed[700:].any()
+
+
+def _crop(color: tuple[int, int, int]) -> np.ndarray:
+    return np.full((SIZE, SIZE, 3), color, np.uint8)
+
+
+def test_growth_is_dark_paint_over_skin_away_from_eyes_and_lips() -> None:
+    skin = _crop((200, 160, 140))
+    after = skin.copy()
+    after[8:40, :] = (60, 45, 35)  # forehead and eyes painted dark
+    brushed = np.zeros((SIZE, SIZE), np.float32)
+    brushed[8:40, :] = 1.0
+    no_hair = np.zeros((SIZE, SIZE), np.float32)
+    g = growth_map(skin, after, brushed, no_hair)
+    assert g[12:20, 10:54].min() > 0.9  # the forehead grows hair
+    assert g[30, 23] < 0.05  # the eyes stay paint
+    assert g[30, 40] < 0.05
+    assert g[48:].max() == 0  # not painted
+    lighter = skin.copy()
+    lighter[8:40, :] = (250, 230, 220)
+    assert growth_map(skin, lighter, brushed, no_hair).max() == 0  # light paint grows nothing
+    assert growth_map(skin, after, brushed, np.ones((SIZE, SIZE), np.float32)).max() == 0  # hair keeps its own
+    assert growth_map(skin, after, np.zeros((SIZE, SIZE), np.float32), no_hair).max() == 0  # not the brush's
+
+
+def test_a_detail_file_is_loaded_once_and_a_damaged_one_says_so(tmp_path) -> None:
+    assert load_detail(tmp_path / "detail.safetensors") is None
+    bad = tmp_path / "bad" / "detail.safetensors"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a safetensors file")
+    bad.with_suffix(".json").write_text(json.dumps({"width": 8}))
+    with pytest.raises(ModelError, match="damaged"):
+        load_detail(bad)
+
+
+def test_strokes_grow_strands_in_the_export_and_sliders_never(engine, astronaut, monkeypatch) -> None:
+    from engine.core.images import Photo
+    from engine.core.pipeline import open_session
+
+    engine.detail = HairDetail(_net())
+    photo = Photo(astronaut.copy(), "astronaut")
+    side = astronaut.shape[0]
+    from engine.core.faces import Face
+
+    eyes = align.TEMPLATE_EYES * side - 0.5
+    face = Face(eyes=eyes, box=np.array([[0, 0], [side, 0], [side, side], [0, side]], float))
+    session, _ = open_session(engine, photo, faces=[face])
+    assert session.growth() is None
+    session.set_sliders({"smiling": 1.0})
+    assert session.growth() is None  # a slider recolours or reshapes: the photo's detail is right
+    assert np.array_equal(session.composite(detail=True), session.composite())
+    session.set_sliders({})
+    session.paint((30, 20, 15), 0.1 * side, [(0.3 * side, 0.3 * side), (0.7 * side, 0.3 * side)])
+    # a tiny random model's stroke darkens anything: the forehead is where hair grew
+    monkeypatch.setattr(session, "growth", lambda: _forehead(session.resolution))
+    plain, grown = session.composite(), session.composite(detail=True)
+    changed = np.abs(grown.astype(np.int16) - plain.astype(np.int16)).max(axis=2) > 0
+    assert changed[120:168, 170:340].mean() > 0.5
+    assert not changed[300:].any()
+
+
+def test_npe_detail_trains_and_resumes_and_its_weights_load(tmp_path, astronaut) -> None:
+    from PIL import Image
+
+    from engine.tools.cli import main
+    from engine.tools.detail_training import DetailOptions, train_detail
+    from tests.test_faces import _celeba_folder
+
+    aligned = Image.fromarray(astronaut).resize((178, 218))
+    data, names = _celeba_folder(tmp_path, aligned, 3, held_out=False)
+    rows = "".join(f"{n} {b} 1\n" for n, b in zip(names, (1, 1, -1), strict=True))
+    (data / "celeba" / "list_attr_celeba.txt").write_text(f"3\nBangs Smiling\n{rows}")
+    run = tmp_path / "run"
+    assert main(["detail", "--data", str(data), "--out", str(run), "--steps", "2", "--batch", "2"]) == 0
+    assert json.loads((run / "state.json").read_text())["step"] == 2
+    assert np.load(run / "bands.npy").shape[0] == 2  # the photos labelled Bangs only
+    train_detail(DetailOptions(data, run, steps=3, batch=2, resume=True))
+    assert json.loads((run / "state.json").read_text())["step"] == 3
+    hd = load_detail(run / "detail.safetensors")
+    assert hd is not None
+    assert hd.net(torch.zeros(1, 3, 16, 16), seed=0).shape == (1, 3, 16, 16)
