@@ -29,6 +29,11 @@ def _forehead(size: int = SIZE) -> np.ndarray:
     return growth
 
 
+def _rendition(photo: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The face model's view of the crop: here, the crop itself."""
+    return align.warp_to_crop(photo, t, SIZE)
+
+
 def _net(seed: int = 0, zero: bool = False) -> DetailNet:
     torch.manual_seed(seed)
     net = DetailNet(8)
@@ -53,16 +58,17 @@ def test_the_detail_never_changes_colour() -> None:
 def test_strands_go_only_where_hair_grew(astronaut) -> None:
     t = _astronaut_transform(astronaut)
     hd = HairDetail(_net())
-    assert hd.apply(astronaut, np.zeros((SIZE, SIZE), np.float32), t) is astronaut  # nothing grew: nothing done
-    out = hd.apply(astronaut, _forehead(), t)
+    nothing = np.zeros((SIZE, SIZE), np.float32)
+    assert hd.apply(astronaut, nothing, t, _rendition(astronaut, t)) is astronaut  # nothing grew: nothing done
+    out = hd.apply(astronaut, _forehead(), t, _rendition(astronaut, t))
     changed = np.abs(out.astype(np.int16) - astronaut.astype(np.int16)).max(axis=2) > 0
     # the forehead band, crop rows 14..22 and columns 20..44, is photo rows 112..176, columns 160..352
     assert changed[120:168, 170:340].mean() > 0.5
     far = np.ones_like(changed)
     far[100:190, 145:370] = False  # the band with the bilinear border around it
     assert not changed[far].any()
-    again = hd.apply(astronaut, _forehead(), t)
-    other = hd.apply(astronaut, _forehead(), t, seed=1)
+    again = hd.apply(astronaut, _forehead(), t, _rendition(astronaut, t))
+    other = hd.apply(astronaut, _forehead(), t, _rendition(astronaut, t), seed=1)
     assert np.array_equal(out, again)  # the export is the preview
     assert not np.array_equal(out, other)
 
@@ -71,7 +77,7 @@ def test_the_photos_own_fine_detail_is_replaced_where_hair_grew(astronaut) -> No
     """A network that answers no detail leaves the grown region smooth: the skin's pores are
     gone, its colour stays."""
     t = _astronaut_transform(astronaut)
-    out = HairDetail(_net(zero=True)).apply(astronaut, _forehead(), t)
+    out = HairDetail(_net(zero=True)).apply(astronaut, _forehead(), t, _rendition(astronaut, t))
     inside = (slice(125, 165), slice(175, 335))
     assert _laplacian(out)[inside].mean() < 0.5 * _laplacian(astronaut)[inside].mean()
     assert np.abs(out[inside].mean((0, 1)) - astronaut[inside].mean((0, 1))).max() < 3
@@ -83,7 +89,7 @@ def test_a_large_photo_gets_detail_at_the_capped_scale(astronaut) -> None:
     hd = HairDetail(_net(), max_scale=2.0)
     _, scale = hd.frame(t, SIZE)
     assert scale > 2.0
-    out = hd.apply(big, _forehead(), t)
+    out = hd.apply(big, _forehead(), t, _rendition(big, t))
     changed = np.abs(out.astype(np.int16) - big.astype(np.int16)).max(axis=2) > 0
     assert changed[330:460, 470:930].mean() > 0.5
     assert not changed[700:].any()
@@ -146,9 +152,18 @@ def test_strokes_grow_strands_in_the_export_and_sliders_never(engine, astronaut,
     changed = np.abs(grown.astype(np.int16) - plain.astype(np.int16)).max(axis=2) > 0
     assert changed[120:168, 170:340].mean() > 0.5
     assert not changed[300:].any()
+    # a slider moved after the stroke keeps the strands (the network is not asked again)
+    asked = []
+    real_layer = engine.detail.layer
+    monkeypatch.setattr(engine.detail, "layer", lambda *a, **k: asked.append(1) or real_layer(*a, **k))
+    session.set_sliders({"smiling": 0.5})
+    session.composite(detail=True)
+    assert asked == []
+    session.composite(astronaut[::2, ::2].copy(), 0.5, detail=True)  # another scale: strands made for it
+    assert asked == [1]
 
 
-def test_npe_detail_trains_and_resumes_and_its_weights_load(tmp_path, astronaut) -> None:
+def test_npe_detail_trains_and_resumes_and_its_weights_load(tmp_path, astronaut, tiny_model_dir) -> None:
     from PIL import Image
 
     from engine.tools.cli import main
@@ -160,10 +175,14 @@ def test_npe_detail_trains_and_resumes_and_its_weights_load(tmp_path, astronaut)
     rows = "".join(f"{n} {b} 1\n" for n, b in zip(names, (1, 1, -1), strict=True))
     (data / "celeba" / "list_attr_celeba.txt").write_text(f"3\nBangs Smiling\n{rows}")
     run = tmp_path / "run"
-    assert main(["detail", "--data", str(data), "--out", str(run), "--steps", "2", "--batch", "2"]) == 0
+    assert main(["detail", "--data", str(data), "--out", str(run), "--steps", "2", "--batch", "2",
+                 "--weights", str(tiny_model_dir)]) == 0
     assert json.loads((run / "state.json").read_text())["step"] == 2
-    assert np.load(run / "bands.npy").shape[0] == 2  # the photos labelled Bangs only
-    train_detail(DetailOptions(data, run, steps=3, batch=2, resume=True))
+    with np.load(run / "pairs.npz") as pairs:  # each photo beside the face model's rendition of it
+        assert pairs["photos"].shape == pairs["renditions"].shape == (3, 90, 130, 3)
+        assert pairs["bangs"].tolist() == [True, True, False]
+        assert not np.array_equal(pairs["photos"], pairs["renditions"])
+    train_detail(DetailOptions(data, run, steps=3, batch=2, resume=True, weights=str(tiny_model_dir)))
     assert json.loads((run / "state.json").read_text())["step"] == 3
     hd = load_detail(run / "detail.safetensors")
     assert hd is not None

@@ -2,15 +2,17 @@
 
 The brush's edit is pasted back as a low-frequency change, so a dark stroke over a forehead
 darkens the skin and keeps its pores: a smudge, not a fringe. The detail pass replaces the
-fine detail there. It looks at the edited photo in CelebA's aligned frame (eyes where aligned
-CelebA puts them, 39 px apart), blurred, and a small network (``DetailNet``) answers the fine
-detail a real fringe of that colour and shape would have. The answer replaces the photo's own
-fine detail where the stroke grew hair (``growth_map``), and nowhere else.
+fine detail there. A small network (``DetailNet``) reads the face model's own view of the
+edited crop (its 64-px rendition) in CelebA's aligned frame (eyes where aligned CelebA puts
+them, 39 px apart) and answers what a photo has on top of such a rendition: for a dark smudge
+over a forehead, a fringe's strands. The fine part of that answer (``band``) replaces the
+photo's own fine detail where the stroke grew hair (``growth_map``), and nowhere else.
 
-``DetailNet`` is trained adversarially on fringes of aligned CelebA photos of the training
-identities labelled Bangs (``npe detail``, engine.tools.detail_training): its input is the photo
-blurred, its output must make the blurred photo look like the photo to a patch discriminator.
-The weights ship as ``detail.safetensors`` + ``detail.json``; without them the pass is skipped.
+``DetailNet`` learns from pairs (engine.tools.detail_training, ``npe detail``): the aligned
+full-size CelebA photos of the training identities, half of them labelled Bangs, beside the
+face model's rendition of each; it must answer the photo's detail over the rendition, near
+it (L1) and taken for a photo's by a patch critic. The weights ship as ``detail.safetensors``
++ ``detail.json``; without them the pass is skipped.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from engine.core.checkpoint import ModelError, read_tensors
 from engine.core.edit import blur
 
 WEIGHTS = "detail.safetensors"
-# The blur the network's input has (pixels of CelebA's aligned frame): about what the face
-# model's change is made of, so the photo's pores and the stroke's low-frequency colour pass
-# through it as the training photos' fringes did.
-INPUT_SIGMA = 2.5
+GREY_DETAIL = True
+# The blur that parts fine detail from the rest (pixels of CelebA's aligned frame; detail.json's
+# "input_sigma"): about what the 64-px face model cannot draw (one of its pixels covers 2.8),
+# so the network's answer brings the strands and the skin between them, and the colour stays
+# the edit's.
+INPUT_SIGMA = 4.0
 
 
 def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -44,8 +48,9 @@ def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 class DetailNet(nn.Module):
-    """(N, 3, H, W) blurred image in [-1, 1] -> (N, 3, H, W) fine detail to add to it (H, W
-    multiples of 4). Noise drawn inside makes each strand pattern new; ``seed`` fixes it."""
+    """(N, 3, H, W) the face model's rendition in [-1, 1] -> (N, 3, H, W) the detail a photo
+    has over it (H, W multiples of 4). Noise drawn inside makes each strand pattern new;
+    ``seed`` fixes it."""
 
     def __init__(self, width: int = 24) -> None:
         super().__init__()
@@ -61,14 +66,14 @@ class DetailNet(nn.Module):
         self.up1 = nn.Sequential(nn.Conv2d(2 * w, w, 3, padding=1), act())
         self.out = nn.Conv2d(w, 3, 3, padding=1)
 
-    def forward(self, low: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    def forward(self, rendition: torch.Tensor, seed: int | None = None) -> torch.Tensor:
         gen = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
-        n, _, h, w = low.shape
+        n, _, h, w = rendition.shape
 
         def noise(s: int) -> torch.Tensor:
-            return torch.randn((n, 1, h // s, w // s), generator=gen).to(low)
+            return torch.randn((n, 1, h // s, w // s), generator=gen).to(rendition)
 
-        s0 = self.stem(torch.cat([low, noise(1)], 1))
+        s0 = self.stem(torch.cat([rendition, noise(1)], 1))
         s1 = self.down1(s0)
         m = self.down2(s1)
         for block in self.middle:
@@ -79,16 +84,43 @@ class DetailNet(nn.Module):
 
 
 def band(detail: torch.Tensor, sigma: float = INPUT_SIGMA) -> torch.Tensor:
-    """The detail with what the input's blur keeps taken out: it adds strands, never colour."""
+    """The fine part of an image: what a blur of ``sigma`` takes out (strands, never colour)."""
     return detail - lowpass(detail, sigma)
+
+
+@dataclass(frozen=True)
+class StrandLayer:
+    """The network's strands over a photo box and where they replace the photo's fine detail."""
+
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in photo pixels
+    weight: np.ndarray  # (h, w) float32 in [0, 1]: the growth there
+    strands: np.ndarray  # (h, w, 3) float32: fine detail, 0..255 units
+    sigma: float  # photo pixels: the blur that parts the photo's own fine detail from the rest
+    shape: tuple[int, ...]  # the picture's shape it was made for
+
+    def put(self, picture: np.ndarray) -> np.ndarray:
+        """``picture`` with its fine detail replaced by the strands where the weight says. Where
+        the weight is partial the two are mixed keeping their strength (weights whose squares sum
+        to 1): a plain mix of two unrelated textures is smoother than either, a ring of smudge
+        around the hair."""
+        x0, y0, x1, y1 = self.box
+        box = picture[y0:y1, x0:x1].astype(np.float32)
+        own = box - cv2.GaussianBlur(box, (0, 0), self.sigma)  # the photo's own fine detail (pores)
+        w = self.weight[..., None]
+        moved = box + np.sqrt(w) * self.strands + (np.sqrt(1 - w) - 1) * own
+        out = picture.copy()
+        touched = self.weight > 0
+        out[y0:y1, x0:x1][touched] = np.clip(np.rint(moved[touched]), 0, 255).astype(np.uint8)
+        return out
 
 
 @dataclass
 class HairDetail:
     net: DetailNet
+    sigma: float = INPUT_SIGMA  # the blur of the network's input, CelebA frame pixels
     # the largest scale of CelebA's frame the network runs at; a larger face has its detail
-    # answered at this scale and enlarged (strands as fine as CelebA's at twice its size)
-    max_scale: float = 2.0
+    # answered at this scale and enlarged
+    max_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.net.eval().requires_grad_(False)
@@ -100,16 +132,26 @@ class HairDetail:
         scale = max(1.0, float(np.hypot(*(photo_eyes[1] - photo_eyes[0]))) / CELEBA_IOD)
         return align.similarity_from_points(photo_eyes, align.CELEBA_ALIGNED_EYES * scale), scale
 
-    @torch.inference_mode()
-    def apply(self, export: np.ndarray, growth: np.ndarray, transform: np.ndarray, seed: int = 0) -> np.ndarray:
+    def apply(self, export: np.ndarray, growth: np.ndarray, transform: np.ndarray, rendition: np.ndarray,
+              seed: int = 0) -> np.ndarray:
         """``export`` (H, W, 3 uint8) with its fine detail replaced by strands where ``growth``
-        (R, R float32 in [0, 1] over the face's crop, ``growth_map``) says hair grew. The
-        photo pixels the growth does not reach come back unchanged, bit for bit."""
+        (R, R float32 in [0, 1] over the face's crop, ``growth_map``) says hair grew.
+        ``rendition`` (R, R, 3 uint8): the face model's view of the edited crop, which the
+        network adds the detail to. The photo pixels the growth does not reach come back
+        unchanged, bit for bit."""
+        layer = self.layer(export, growth, transform, rendition, seed)
+        return export if layer is None else layer.put(export)
+
+    @torch.inference_mode()
+    def layer(self, export: np.ndarray, growth: np.ndarray, transform: np.ndarray, rendition: np.ndarray,
+              seed: int = 0) -> StrandLayer | None:
+        """The strands ``apply`` puts into ``export``, to be put again into a picture of the same
+        size and framing (a slider moved after the stroke: the strands stay). None: no growth."""
         size = growth.shape[0]
-        if not (growth > 0).any():
-            return export
-        # the photo box the growth reaches
         ys, xs = np.nonzero(growth > 0)
+        if len(ys) == 0:
+            return None
+        # the photo box the growth reaches
         corners = np.array([[xs.min() - 1, ys.min() - 1], [xs.max() + 1, ys.max() + 1],
                             [xs.min() - 1, ys.max() + 1], [xs.max() + 1, ys.min() - 1]], dtype=np.float64)
         pts = align.apply(align.invert(transform), corners)
@@ -117,28 +159,24 @@ class HairDetail:
         x0, y0 = np.clip(np.floor(pts.min(0)).astype(int), 0, [w, h])
         x1, y1 = np.clip(np.ceil(pts.max(0)).astype(int) + 1, 0, [w, h])
         if x1 <= x0 or y1 <= y0:
-            return export
+            return None
         box_to_crop = np.vstack([transform, [0, 0, 1]]) @ np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1]])
         weight = cv2.warpAffine(growth.astype(np.float32), box_to_crop[:2], (x1 - x0, y1 - y0),
                                 flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
                                 borderValue=0)
-        strands = self._strands(export, transform, size, (x0, y0, x1, y1), seed)
-        box = export[y0:y1, x0:x1].astype(np.float32)
         to_frame, scale = self.frame(transform, size)
-        # the input's blur, in photo pixels
-        sigma = INPUT_SIGMA * scale / min(scale, self.max_scale) / align.scale_of(to_frame)
-        own = box - cv2.GaussianBlur(box, (0, 0), sigma)  # the photo's own fine detail (pores)
-        moved = box + weight[..., None] * (strands - own)
-        out = export.copy()
-        touched = weight > 0
-        out[y0:y1, x0:x1][touched] = np.clip(np.rint(moved[touched]), 0, 255).astype(np.uint8)
-        return out
+        # the blur, in photo pixels, that parts the photo's own fine detail from the rest
+        sigma = self.sigma * scale / min(scale, self.max_scale) / align.scale_of(to_frame)
+        strands = self._strands(rendition, transform, (int(x0), int(y0), int(x1), int(y1)), seed)
+        return StrandLayer((int(x0), int(y0), int(x1), int(y1)), weight, strands, sigma, export.shape)
 
-    def _strands(self, export: np.ndarray, transform: np.ndarray, size: int, box: tuple[int, int, int, int],
+    def _strands(self, rendition: np.ndarray, transform: np.ndarray, box: tuple[int, int, int, int],
                  seed: int) -> np.ndarray:
-        """(h, w, 3) float32: the network's fine detail over the photo ``box`` (x0, y0, x1, y1),
-        in 0..255 units, answered in CelebA's frame at the capped scale."""
+        """(h, w, 3) float32: the fine detail of the network's answer over the photo ``box``
+        (x0, y0, x1, y1), in 0..255 units. It reads the rendition in CelebA's frame at the
+        scale it learned at (capped at ``max_scale``) and adds the detail a photo would have."""
         x0, y0, x1, y1 = box
+        size = rendition.shape[0]
         to_frame, scale = self.frame(transform, size)
         run = min(scale, self.max_scale)
         corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], dtype=np.float64)
@@ -148,19 +186,17 @@ class HairDetail:
         fx1, fy1 = np.ceil(fc.max(0) + pad)
         rw = int(np.ceil((fx1 - fx0) * run / scale / 4) * 4)
         rh = int(np.ceil((fy1 - fy0) * run / scale / 4) * 4)
-        # photo -> the network's grid (frame at the run scale, origin at the region's corner)
+        # photo -> the network's grid (the frame at the run scale, origin at the region's corner)
         k = run / scale
         to_grid = np.array([[k, 0, -fx0 * k], [0, k, -fy0 * k], [0, 0, 1]]) @ np.vstack([to_frame, [0, 0, 1]])
-        if k < 1:  # shrink first so the network's input does not alias
-            big = cv2.warpAffine(export, (np.diag([1 / k, 1 / k, 1]) @ to_grid)[:2],
-                                 (int(np.ceil(rw / k)), int(np.ceil(rh / k))), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REFLECT)
-            grid = cv2.resize(big, (rw, rh), interpolation=cv2.INTER_AREA)
-        else:
-            grid = cv2.warpAffine(export, to_grid[:2], (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        x = torch.from_numpy(grid).permute(2, 0, 1)[None].float() / 127.5 - 1
-        d = band(self.net(lowpass(x, INPUT_SIGMA), seed))
-        detail = (d[0] * 127.5).permute(1, 2, 0).numpy()
+        crop_to_grid = to_grid @ np.vstack([align.invert(transform), [0, 0, 1]])
+        grid = cv2.warpAffine(rendition, crop_to_grid[:2], (rw, rh), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        r = torch.from_numpy(grid).permute(2, 0, 1)[None].float() / 127.5 - 1
+        d = band(r + self.net(r, seed), self.sigma)
+        if GREY_DETAIL:  # a fringe's fine detail is lightness; the network's colour in it is speckle
+            d = d.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+        detail = (d[0] * 127.5).permute(1, 2, 0).contiguous().numpy()
         box_to_grid = to_grid @ np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1]])
         return cv2.warpAffine(detail, box_to_grid[:2], (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_REFLECT)
@@ -203,4 +239,4 @@ def load_detail(path: Path) -> HairDetail | None:
         net.load_state_dict(read_tensors(path))
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise ModelError(f"hair detail weights {path} are damaged ({e})") from None
-    return HairDetail(net, float(meta.get("max_scale", 2.0)))
+    return HairDetail(net, float(meta.get("input_sigma", INPUT_SIGMA)), float(meta.get("max_scale", 1.0)))

@@ -24,7 +24,7 @@ import torch
 from engine.core import align
 from engine.core.attributes import AttributeSet, SliderValues
 from engine.core.checkpoint import LoadedModel
-from engine.core.detail import HairDetail, growth_map
+from engine.core.detail import HairDetail, StrandLayer, growth_map
 from engine.core.edit import BrushOptimizer, BrushRule, MaskSettings, change_mask, check_latent, render, stamp_segment
 from engine.core.faces import Face
 from engine.core.images import Photo, to_tensor, to_uint8
@@ -115,7 +115,8 @@ class EditSession:
         self.stroke: Stroke | None = None
         self._render: CropRender | None = None
         self._plain: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._growth: tuple[torch.Tensor, np.ndarray | None] | None = None
+        self._growth: tuple[torch.Tensor, np.ndarray | None, np.ndarray] | None = None
+        self._strands: tuple[tuple[float, tuple[int, ...]], torch.Tensor, StrandLayer | None] | None = None
 
     def to(self, device: str | torch.device) -> None:
         """Move the session (not the model) to another device; a stroke in progress continues."""
@@ -126,6 +127,7 @@ class EditSession:
             setattr(self, name, getattr(self, name).to(self.device))
         self._plain = None
         self._growth = None
+        self._strands = None
         self._offset = None
         self._region = None
         if self.stroke is not None:  # the optimiser restarts from the current latent
@@ -400,24 +402,43 @@ class EditSession:
         change = ((res.shown - self.x)[0] * 127.5).permute(1, 2, 0).detach().float().cpu().numpy()
         out = self.paste(change, res.mask, pixels, scale, add=True)
         if detail and self.hair_detail is not None:
-            growth = self.growth()
-            if growth is not None:
-                out = self.hair_detail.apply(out, growth, self.transform_at(scale))
+            layer = self.strands(out, scale)
+            if layer is not None:
+                out = layer.put(out)
         return out
+
+    def strands(self, picture: np.ndarray, scale: float) -> StrandLayer | None:
+        """The hair detail's strands for a picture of the photo at ``scale`` (``picture``: the
+        edit pasted into it), or None where no stroke grew hair. Kept while the latent, the
+        scale and the picture's size stay the same, so a slider moved after a stroke keeps
+        them and stays fast."""
+        growth = self.growth()
+        if growth is None or self.hair_detail is None:
+            return None
+        key = (scale, picture.shape)
+        if self._strands is None or self._strands[0] != key or not torch.equal(self._strands[1], self.z_base):
+            layer = self.hair_detail.layer(picture, growth, self.transform_at(scale), self.brushed_view()[1])
+            self._strands = (key, self.z_base.clone(), layer)
+        return self._strands[2]
 
     def growth(self) -> np.ndarray | None:
         """(R, R): where the brush grew hair over skin (``detail.growth_map``), or None when it
-        grew none; sliders never do. Kept while the latent stays the same."""
-        if torch.equal(self.z_base, self.z0):
-            return None
+        grew none; sliders never do."""
+        return self.brushed_view()[0]
+
+    def brushed_view(self) -> tuple[np.ndarray | None, np.ndarray]:
+        """The growth map and the crop as the brush alone left it (R, R, 3 uint8), kept while
+        the latent stays the same."""
         if self._growth is None or not torch.equal(self._growth[0], self.z_base):
             with torch.inference_mode():
                 plain = self.generate(self.z_base, sliders=False)
                 brushed = change_mask(plain, self.recon0, self.mask_settings)
                 after = to_uint8((self.x + brushed * (plain - self.x))[0])
-            grow = growth_map(self.crop_pixels, after, brushed[0, 0].cpu().numpy(), self.regions.hair)
-            self._growth = (self.z_base.clone(), grow if grow.any() else None)
-        return self._growth[1]
+            grow = None
+            if not torch.equal(self.z_base, self.z0):
+                grow = growth_map(self.crop_pixels, after, brushed[0, 0].cpu().numpy(), self.regions.hair)
+            self._growth = (self.z_base.clone(), grow if grow is not None and grow.any() else None, after)
+        return self._growth[1], self._growth[2]
 
     def transform_at(self, scale: float) -> np.ndarray:
         """The crop's transform from a copy of the photo resized by ``scale``."""

@@ -153,12 +153,12 @@ def bench(args: BenchOptions) -> dict[str, object]:
         out["hair_detail"] = engine.detail is not None
         if engine.detail is not None:
             plain = session.composite()
-            grown = session.growth()
+            grown, rendition = session.brushed_view()
             passes = []
             for _ in range(3):
                 t0 = time.perf_counter()
                 if grown is not None:
-                    engine.detail.apply(plain, grown, session.transform)
+                    engine.detail.apply(plain, grown, session.transform, rendition)
                 passes.append(time.perf_counter() - t0)
             out["detail_pass_ms"] = _ms(passes, 50)
             out["detail_grown_share"] = 0.0 if grown is None else round(float((grown > 0).mean()), 4)

@@ -381,6 +381,11 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
     p.add_argument("--steps", type=int, default=None, help="train until this step (default 20000)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="the blur that parts fine detail from the rest, pixels of aligned CelebA (default 4)")
+    p.add_argument("--l1", type=float, default=None, help="the weight of staying near the photo (default 3)")
+    p.add_argument("--weights", help="the face model whose renditions it learns to add detail to "
+                                     "(default: pretrained/)")
 
     p = sub.add_parser("bench", help="speed figures as JSON")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")

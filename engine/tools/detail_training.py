@@ -1,15 +1,17 @@
 """Training the hair detail network (engine.core.detail): ``npe detail --data DIR --out RUN``.
 
-Data: the fringes of aligned full-size CelebA photos (178x218) of the training identities that
-CelebA labels Bangs. Each step cuts random 64x64 patches from the forehead band, blurs them
-(``INPUT_SIGMA``), and asks the network for the fine detail. A patch discriminator sees the
-blurred patch beside its detail, real or answered, and the network learns to be taken for
-real (hinge loss, spectral norm on the discriminator). Nothing else is asked of it: the
-answer is band-limited by construction (``detail.band``), so it cannot change colour.
+Data: the aligned full-size CelebA photos (178x218) of the training identities, each beside
+the face model's rendition of it (its 64-px crop encoded, decoded and put back into CelebA's
+frame: what the editor shows of a stroke). Each step cuts random 64x64 patches of the forehead
+band, half of them from photos CelebA labels Bangs, and asks the network for the photo's
+detail over the rendition. A patch critic sees the rendition beside a detail, the photo's or
+the network's, and the network learns to be taken for the photo (hinge loss, spectral norm on
+the critic) while staying near it (L1, ``--l1``).
 
-The run folder keeps ``state.safetensors`` + ``state.json`` (both networks, both optimisers,
-the step), written every ``--save-every`` seconds; ``--resume`` continues it. The shippable
-weights (``detail.safetensors`` + ``detail.json``) are written beside them at each save.
+The run folder keeps the pairs (``pairs.npz``), ``state.safetensors`` + ``state.json`` (both
+networks, both optimisers, the step), written every ``--save-every`` seconds; ``--resume``
+continues it. The shippable weights (``detail.safetensors`` + ``detail.json``) are written
+beside them at each save.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from engine.core.detail import INPUT_SIGMA, WEIGHTS, DetailNet, band, lowpass
-from engine.core.images import atomic_write, load_photo
+from engine.core import align
+from engine.core.checkpoint import LoadedModel
+from engine.core.detail import INPUT_SIGMA, WEIGHTS, DetailNet, band
+from engine.core.images import atomic_write, load_photo, to_tensor, to_uint8
+from engine.core.model_folder import ModelFolder
 from engine.tools.data import _held_out, list_items
 
 PATCH = 64
@@ -34,29 +40,42 @@ PATCH = 64
 BAND = (28, 118, 24, 154)  # y0, y1, x0, x1
 
 
-def fringe_bands(data: Path, limit: int | None = None) -> np.ndarray:
-    """(N, 90, 130, 3) uint8: the forehead bands of the training identities' full-size CelebA
-    photos labelled Bangs (no held-out person)."""
+def rendition_pairs(data: Path, model: LoadedModel, limit: int | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                                          np.ndarray]:
+    """The forehead bands (N, 90, 130, 3 uint8) of the training identities' full-size CelebA
+    photos, the same bands of the face model's rendition of each (its crop encoded, decoded and
+    put back into CelebA's frame, as the editor's view of a stroke is), and which are labelled
+    Bangs (N,) bool. No held-out person."""
     items, names = list_items(data, ("celeba",))
     bangs = names.index("Bangs")
+    size = model.config.resolution
+    to_crop = align.similarity_from_points(align.CELEBA_ALIGNED_EYES, align.template_points(size))
     y0, y1, x0, x1 = BAND
-    out = []
+    photos, renditions, labels = [], [], []
     for it in items:
-        if it.attrs is None or it.attrs[bangs] <= 0 or _held_out(it.identity):
+        if it.attrs is None or _held_out(it.identity):
             continue
         px = load_photo(data / it.file).pixels
         if px.shape[:2] != (218, 178):
             continue
-        out.append(px[y0:y1, x0:x1])
-        if limit and len(out) >= limit:
+        crop = to_tensor(align.warp_to_crop(px, to_crop, size))
+        with torch.inference_mode():
+            recon = model.model.decode(model.model.encode(crop), model.model.attributes_of(crop))
+        back = cv2.warpAffine(to_uint8(recon[0]), align.invert(to_crop), (178, 218), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        photos.append(px[y0:y1, x0:x1])
+        renditions.append(back[y0:y1, x0:x1])
+        labels.append(it.attrs[bangs] > 0)
+        if limit and len(photos) >= limit:
             break
-    if not out:
+    if not any(labels):
         raise ValueError(f"no full-size CelebA photos labelled Bangs in {data}")
-    return np.stack(out)
+    return np.stack(photos), np.stack(renditions), np.array(labels)
 
 
 class PatchCritic(nn.Module):
-    """(N, 6, 64, 64): blurred patch and its detail -> (N, 1, 8, 8) realness scores."""
+    """(N, 6, 64, 64): the model's rendition of a patch and the detail over it -> (N, 1, 8, 8)
+    realness scores."""
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
@@ -70,8 +89,8 @@ class PatchCritic(nn.Module):
             sn(nn.Conv2d(4 * w, 4 * w, 4, stride=2, padding=1)), act,
             sn(nn.Conv2d(4 * w, 1, 3, padding=1)))
 
-    def forward(self, low: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([low, detail * 4.0], 1))
+    def forward(self, rendition: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([rendition, detail * 4.0], 1))
 
 
 @dataclass
@@ -85,22 +104,32 @@ class DetailOptions:
     resume: bool = False
     save_every: float = 600.0
     seed: int = 0
+    sigma: float = INPUT_SIGMA  # the blur that parts fine detail from the rest, where the editor uses it
+    l1: float = 3.0  # the weight of staying near the photo (L1), beside the critic's
+    weights: str | None = None  # the face model whose renditions are learned from (default: pretrained/)
 
 
-def _batch(bands: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
-    """n random 64x64 patches in [-1, 1], mirrored at random, with a random brightness and
-    contrast (fringes of every darkness)."""
-    idx = torch.randint(len(bands), (n,), generator=gen)
-    h, w = bands.shape[1:3]
+def _batch(photos: torch.Tensor, renditions: torch.Tensor, bangs: torch.Tensor, n: int,
+           gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random 64x64 patches of photos and the same of their renditions, in [-1, 1], half of
+    them from photos labelled Bangs, mirrored at random."""
+    with_bangs, without = torch.nonzero(bangs)[:, 0], torch.nonzero(~bangs)[:, 0]
+    half = n // 2 if len(without) else n
+    idx = torch.cat([with_bangs[torch.randint(len(with_bangs), (half,), generator=gen)],
+                     without[torch.randint(max(1, len(without)), (n - half,), generator=gen)] if half < n else
+                     with_bangs[:0]])
+    h, w = photos.shape[1:3]
     ys = torch.randint(h - PATCH + 1, (n,), generator=gen)
     xs = torch.randint(w - PATCH + 1, (n,), generator=gen)
-    patches = torch.stack([bands[i, y:y + PATCH, x:x + PATCH] for i, y, x in zip(idx, ys, xs, strict=True)])
-    x = patches.permute(0, 3, 1, 2).float() / 127.5 - 1
     flip = torch.rand(n, generator=gen) < 0.5
-    x[flip] = x[flip].flip(-1)
-    gain = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=gen)
-    bias = 0.2 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5)
-    return (x * gain + bias).clamp(-1, 1)
+
+    def cut(images: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([images[i, y:y + PATCH, x:x + PATCH] for i, y, x in zip(idx, ys, xs, strict=True)])
+        x = p.permute(0, 3, 1, 2).float() / 127.5 - 1
+        x[flip] = x[flip].flip(-1)
+        return x
+
+    return cut(photos), cut(renditions)
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, object]) -> None:
@@ -113,61 +142,64 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, object])
 def train_detail(opts: DetailOptions) -> Path:
     torch.manual_seed(opts.seed)
     opts.out.mkdir(parents=True, exist_ok=True)
-    cache = opts.out / "bands.npy"
+    cache = opts.out / "pairs.npz"
     if cache.exists():
-        bands_np = np.load(cache)
+        with np.load(cache) as f:
+            photos_np, renditions_np, bangs_np = f["photos"], f["renditions"], f["bangs"]
     else:
-        bands_np = fringe_bands(opts.data)
-        np.save(cache, bands_np)
-    bands = torch.from_numpy(bands_np)
-    print(f"{len(bands)} fringe bands", flush=True)
+        model = ModelFolder.find(opts.weights).load_model("cpu")
+        photos_np, renditions_np, bangs_np = rendition_pairs(opts.data, model)
+        np.savez(cache, photos=photos_np, renditions=renditions_np, bangs=bangs_np)
+    photos, renditions, bangs = (torch.from_numpy(a) for a in (photos_np, renditions_np, bangs_np))
+    print(f"{len(photos)} photos, {int(bangs.sum())} with bangs", flush=True)
     g, d = DetailNet(opts.width), PatchCritic()
     opt_g = torch.optim.Adam(g.parameters(), opts.lr, betas=(0.5, 0.99))
     opt_d = torch.optim.Adam(d.parameters(), opts.lr, betas=(0.5, 0.99))
     step = 0
     state_file = opts.out / "state.safetensors"
     if opts.resume and state_file.exists():
-        state = load_file(str(state_file))
-        meta = json.loads(state_file.with_suffix(".json").read_text())
-        g.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("g.")})
-        d.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("d.")})
-        for name, opt in (("og", opt_g), ("od", opt_d)):
-            sd = opt.state_dict()
-            for pid in sd["param_groups"][0]["params"]:
-                if f"{name}.{pid}.exp_avg" in state:
-                    sd["state"][pid] = {"step": state[f"{name}.{pid}.step"],
-                                        "exp_avg": state[f"{name}.{pid}.exp_avg"],
-                                        "exp_avg_sq": state[f"{name}.{pid}.exp_avg_sq"]}
-            opt.load_state_dict(sd)
-        step = int(meta["step"])
+        step = _read_state(state_file, g, d, opt_g, opt_d)
         print(f"resumed at step {step}", flush=True)
     gen = torch.Generator().manual_seed(opts.seed + step)
-    last_save, t0 = time.monotonic(), time.monotonic()
+    last_save, t0, first = time.monotonic(), time.monotonic(), step
     while step < opts.steps:
-        x = _batch(bands, opts.batch, gen)
-        low = lowpass(x, INPUT_SIGMA)
-        real = x - low
-        fake = band(g(low))
-        # the critic: real fringes' detail against the network's
-        loss_d = F.relu(1 - d(low, real)).mean() + F.relu(1 + d(low, fake.detach())).mean()
+        x, r = _batch(photos, renditions, bangs, opts.batch, gen)
+        real = x - r
+        fake = g(r)
+        # the critic: the photos' detail over the rendition against the network's
+        loss_d = F.relu(1 - d(r, real)).mean() + F.relu(1 + d(r, fake.detach())).mean()
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        # the network: be taken for real
-        loss_g = -d(low, fake).mean()
+        # the network: be taken for real, and stay near the photo
+        loss_g = -d(r, fake).mean() + opts.l1 * (fake - real).abs().mean()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
         step += 1
         if step % 50 == 0:
-            e_real = real.abs().mean().item()
-            e_fake = fake.abs().mean().item()
-            print(f"step {step} d {loss_d.item():.3f} g {loss_g.item():.3f} |detail| real {e_real:.4f} "
-                  f"answered {e_fake:.4f} {(time.monotonic() - t0) / step:.2f} s/step", flush=True)
+            e_real = band(real, opts.sigma).abs().mean().item()
+            e_fake = band(fake, opts.sigma).abs().mean().item()
+            print(f"step {step} d {loss_d.item():.3f} g {loss_g.item():.3f} fine detail: photo {e_real:.4f} "
+                  f"answered {e_fake:.4f} {(time.monotonic() - t0) / (step - first):.2f} s/step", flush=True)
         if time.monotonic() - last_save > opts.save_every or step == opts.steps:
             _write_state(opts, g, d, opt_g, opt_d, step)
             last_save = time.monotonic()
     return opts.out / WEIGHTS
+
+
+def _read_state(state_file: Path, g: DetailNet, d: PatchCritic, opt_g: torch.optim.Optimizer,
+                opt_d: torch.optim.Optimizer) -> int:
+    state = load_file(str(state_file))
+    g.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("g.")})
+    d.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("d.")})
+    for name, opt in (("og", opt_g), ("od", opt_d)):
+        sd = opt.state_dict()
+        for pid in sd["param_groups"][0]["params"]:
+            if f"{name}.{pid}.exp_avg" in state:
+                sd["state"][pid] = {k: state[f"{name}.{pid}.{k}"] for k in ("step", "exp_avg", "exp_avg_sq")}
+        opt.load_state_dict(sd)
+    return int(json.loads(state_file.with_suffix(".json").read_text())["step"])
 
 
 def _write_state(opts: DetailOptions, g: DetailNet, d: PatchCritic, opt_g: torch.optim.Optimizer,
@@ -179,6 +211,6 @@ def _write_state(opts: DetailOptions, g: DetailNet, d: PatchCritic, opt_g: torch
             for k in ("step", "exp_avg", "exp_avg_sq"):
                 tensors[f"{name}.{pid}.{k}"] = torch.as_tensor(st[k])
     _save(opts.out / "state.safetensors", tensors, {"step": step})
-    _save(opts.out / WEIGHTS, g.state_dict(), {"width": opts.width, "step": step, "input_sigma": INPUT_SIGMA,
+    _save(opts.out / WEIGHTS, g.state_dict(), {"width": opts.width, "step": step, "input_sigma": opts.sigma,
                                                "data": "CelebA (aligned, full size), training identities, Bangs"})
     print(f"saved step {step}", flush=True)

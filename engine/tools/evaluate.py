@@ -399,8 +399,10 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     (mean |Laplacian| of the export over the changed pixels / the photo's there: 1 keeps the
     photo's texture, > 1 adds texture) and the mean change (0..255) of the pixels beside and
     above the head (background), of the inner face (skin, which a hair colour must leave) and
-    of the top of the head (hair, where it must show). On a prepared folder, ``real_fringe`` gives
-    the texture ratio a real fringe has there (``real_fringe_texture``), the fringe's reference."""
+    of the top of the head (hair, where it must show). Every edit is scored as exported, with the
+    hair detail pass; the fringe also without it (``fringe_texture_ratio_without_detail``). On a
+    prepared folder, ``real_fringe`` gives the texture ratio a real fringe has there
+    (``real_fringe_texture``), the fringe's reference."""
     listing = list_items(data, ("celeba",)) if (data / "celeba").is_dir() else None
     if listing is not None:
         files = [data / it.file for it in listing[0] if _held_out(it.identity)]
