@@ -154,3 +154,35 @@ def test_the_shown_sliders_change_reaches_the_photo(engine: Engine) -> None:
         with torch.inference_mode():
             raw = _l1(session.generate(session.z)[inner][where], session.recon0[inner][where])
         assert _l1(shown[inner][where], session.x[inner][where]) > 0.8 * raw, a.name
+
+
+def test_the_shipped_hair_detail_grows_stubble_where_a_beard_stroke_darkens_the_jaw(engine: Engine) -> None:
+    """The hair detail network in pretrained/: a dark stroke along the astronaut's jaw grows
+    hair texture there (the export's fine detail rises over the plain paste-back's), keeps the
+    stroke's colour, and leaves everything the growth does not reach as it was."""
+    import cv2
+
+    assert engine.detail is not None
+    meta = json.loads((DEFAULT_MODEL_DIR / "detail.json").read_text())
+    assert meta["face_model"] == engine.loaded.model_id  # it learned this model's renditions
+    session, _ = open_session(engine, ASTRONAUT)
+    r = session.resolution
+    inv = np.linalg.inv(np.vstack([session.transform, [0, 0, 1]]))[:2]
+    jaw = [(0.33, 0.8), (0.4, 0.88), (0.5, 0.9), (0.6, 0.88), (0.67, 0.8)]
+    pts = [tuple(float(c) for c in inv @ np.array([u * r, v * r, 1.0])) for u, v in jaw]
+    session.paint((45, 35, 28), 0.045 * r / align.scale_of(session.transform), pts)
+    plain, grown = session.composite(), session.composite(detail=True)
+    growth = session.growth()
+    assert growth is not None
+    h, w = plain.shape[:2]
+    weight = cv2.warpAffine(growth, session.transform, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+
+    def fine(img: np.ndarray) -> np.ndarray:
+        return np.abs(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F))
+
+    hair = weight > 0.5
+    assert hair.sum() > 200
+    assert fine(grown)[hair].mean() > 1.2 * fine(plain)[hair].mean()
+    assert np.abs(grown[hair].astype(float).mean(0) - plain[hair].astype(float).mean(0)).max() < 4
+    changed = np.abs(grown.astype(np.int16) - plain.astype(np.int16)).max(axis=2) > 0
+    assert not changed[weight == 0].any()
