@@ -110,6 +110,7 @@ def test_growth_is_dark_paint_over_skin_away_from_eyes_and_lips() -> None:
     assert g[12:20, 10:54].min() > 0.9  # the forehead grows hair
     assert g[30, 23] < 0.05  # the eyes stay paint
     assert g[30, 40] < 0.05
+    assert g[38, 32] < 0.05  # and the nose
     assert g[48:].max() == 0  # not painted
     lighter = skin.copy()
     lighter[8:40, :] = (250, 230, 220)

@@ -202,8 +202,11 @@ class HairDetail:
                               borderMode=cv2.BORDER_REFLECT)
 
 
-# Eyes and lips (centre, radii as crop fractions): dark paint there is make-up or shadow, not hair.
-FEATURES = (((0.37, 0.48), (0.08, 0.05)), ((0.63, 0.48), (0.08, 0.05)), ((0.5, 0.775), (0.09, 0.04)))
+# Where no hair grows (centre, radii as crop fractions): the eyes, the nose and the cheeks beside
+# it, and the lips; dark paint there is make-up or shadow. (A wide stroke across the face put
+# stubble on the astronaut's nose.) Hair grows above the brows, at the sides and from the upper
+# lip down.
+FEATURES = (((0.5, 0.54), (0.26, 0.12)), ((0.5, 0.775), (0.09, 0.04)))
 # A stroke grows hair where it makes the skin this much darker (CIELAB L*), in full from the second.
 DARKER = (6.0, 20.0)
 
@@ -212,7 +215,7 @@ def growth_map(before: np.ndarray, after: np.ndarray, brushed: np.ndarray, hair:
     """(R, R) float32 in [0, 1]: where a stroke grew hair over skin, in a face's crop.
     ``before``/``after``: the crop (R, R, 3 uint8) before and after the edit; ``brushed``: the
     brush's blend weight there; ``hair``: the hair already there (``Regions.hair``), which keeps
-    its own strands. Dark paint on eyes and lips is left as paint."""
+    its own strands. Dark paint on the eyes, nose, upper cheeks and lips is left as paint."""
     size = before.shape[0]
     lightness = [cv2.cvtColor(im, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float32) * (100 / 255) for im in (before, after)]
     t = np.clip((lightness[0] - lightness[1] - DARKER[0]) / (DARKER[1] - DARKER[0]), 0, 1)
