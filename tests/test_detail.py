@@ -198,10 +198,10 @@ def test_a_partial_growth_mixes_strands_and_pores_without_smoothing_them() -> No
     rng = np.random.default_rng(0)
     picture = np.clip(128 + rng.normal(0, 12, (80, 80, 3)), 0, 255).astype(np.uint8)
     strands = rng.normal(0, 12, (80, 80, 3)).astype(np.float32)
-    half = StrandLayer((0, 0, 80, 80), np.full((80, 80), 0.5, np.float32), strands, 1.0, picture.shape)
+    half = StrandLayer((0, 0, 80, 80), np.full((80, 80), 0.5, np.float32), strands, 1.0)
     mixed = half.put(picture)
     inner = (slice(10, 70), slice(10, 70))
     assert _laplacian(mixed)[inner].mean() > 0.9 * _laplacian(picture)[inner].mean()
     assert abs(float(mixed.mean()) - float(picture.mean())) < 1.0  # no change of colour
-    none = StrandLayer((0, 0, 80, 80), np.zeros((80, 80), np.float32), strands, 1.0, picture.shape)
+    none = StrandLayer((0, 0, 80, 80), np.zeros((80, 80), np.float32), strands, 1.0)
     assert np.array_equal(none.put(picture), picture)

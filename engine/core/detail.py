@@ -33,6 +33,7 @@ from engine.core.checkpoint import ModelError, read_tensors
 from engine.core.edit import blur
 
 WEIGHTS = "detail.safetensors"
+# The strands are lightness only: the network's colour in its fine detail is speckle.
 GREY_DETAIL = True
 # The blur that parts fine detail from the rest (pixels of CelebA's aligned frame; detail.json's
 # "input_sigma"): about what the 64-px face model cannot draw (one of its pixels covers 2.8),
@@ -96,7 +97,6 @@ class StrandLayer:
     weight: np.ndarray  # (h, w) float32 in [0, 1]: the growth there
     strands: np.ndarray  # (h, w, 3) float32: fine detail, 0..255 units
     sigma: float  # photo pixels: the blur that parts the photo's own fine detail from the rest
-    shape: tuple[int, ...]  # the picture's shape it was made for
 
     def put(self, picture: np.ndarray) -> np.ndarray:
         """``picture`` with its fine detail replaced by the strands where the weight says. Where
@@ -117,7 +117,7 @@ class StrandLayer:
 @dataclass
 class HairDetail:
     net: DetailNet
-    sigma: float = INPUT_SIGMA  # the blur of the network's input, CelebA frame pixels
+    sigma: float = INPUT_SIGMA  # the blur that parts fine detail from the rest, CelebA frame pixels
     # the largest scale of CelebA's frame the network runs at; a larger face has its detail
     # answered at this scale and enlarged
     max_scale: float = 1.0
@@ -145,8 +145,9 @@ class HairDetail:
     @torch.inference_mode()
     def layer(self, export: np.ndarray, growth: np.ndarray, transform: np.ndarray, rendition: np.ndarray,
               seed: int = 0) -> StrandLayer | None:
-        """The strands ``apply`` puts into ``export``, to be put again into a picture of the same
-        size and framing (a slider moved after the stroke: the strands stay). None: no growth."""
+        """The strands ``apply`` puts into ``export`` (only its size is read: the strands come from
+        the rendition), to be put again into any picture of that size and framing (a slider moved
+        after the stroke: the strands stay). None: no growth."""
         size = growth.shape[0]
         ys, xs = np.nonzero(growth > 0)
         if len(ys) == 0:
@@ -168,7 +169,7 @@ class HairDetail:
         # the blur, in photo pixels, that parts the photo's own fine detail from the rest
         sigma = self.sigma * scale / min(scale, self.max_scale) / align.scale_of(to_frame)
         strands = self._strands(rendition, transform, (int(x0), int(y0), int(x1), int(y1)), seed)
-        return StrandLayer((int(x0), int(y0), int(x1), int(y1)), weight, strands, sigma, export.shape)
+        return StrandLayer((int(x0), int(y0), int(x1), int(y1)), weight, strands, sigma)
 
     def _strands(self, rendition: np.ndarray, transform: np.ndarray, box: tuple[int, int, int, int],
                  seed: int) -> np.ndarray:
@@ -194,7 +195,7 @@ class HairDetail:
                               borderMode=cv2.BORDER_REPLICATE)
         r = torch.from_numpy(grid).permute(2, 0, 1)[None].float() / 127.5 - 1
         d = band(r + self.net(r, seed), self.sigma)
-        if GREY_DETAIL:  # a fringe's fine detail is lightness; the network's colour in it is speckle
+        if GREY_DETAIL:
             d = d.mean(1, keepdim=True).expand(-1, 3, -1, -1)
         detail = (d[0] * 127.5).permute(1, 2, 0).contiguous().numpy()
         box_to_grid = to_grid @ np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1]])
