@@ -185,6 +185,8 @@ def test_npe_detail_trains_and_resumes_and_its_weights_load(tmp_path, astronaut,
         assert not np.array_equal(pairs["photos"], pairs["renditions"])
     train_detail(DetailOptions(data, run, steps=3, batch=2, resume=True, weights=str(tiny_model_dir)))
     assert json.loads((run / "state.json").read_text())["step"] == 3
+    written = json.loads((run / "detail.json").read_text())
+    assert (written["step"], written["face_model"]) == (3, "tiny-test")  # what it learned from, for the card
     hd = load_detail(run / "detail.safetensors")
     assert hd is not None
     assert hd.net(torch.zeros(1, 3, 16, 16), seed=0).shape == (1, 3, 16, 16)

@@ -168,17 +168,16 @@ class HairDetail:
         to_frame, scale = self.frame(transform, size)
         # the blur, in photo pixels, that parts the photo's own fine detail from the rest
         sigma = self.sigma * scale / min(scale, self.max_scale) / align.scale_of(to_frame)
-        strands = self._strands(rendition, transform, (int(x0), int(y0), int(x1), int(y1)), seed)
+        strands = self._strands(rendition, transform, to_frame, scale, (int(x0), int(y0), int(x1), int(y1)), seed)
         return StrandLayer((int(x0), int(y0), int(x1), int(y1)), weight, strands, sigma)
 
-    def _strands(self, rendition: np.ndarray, transform: np.ndarray, box: tuple[int, int, int, int],
-                 seed: int) -> np.ndarray:
+    def _strands(self, rendition: np.ndarray, transform: np.ndarray, to_frame: np.ndarray, scale: float,
+                 box: tuple[int, int, int, int], seed: int) -> np.ndarray:
         """(h, w, 3) float32: the fine detail of the network's answer over the photo ``box``
-        (x0, y0, x1, y1), in 0..255 units. It reads the rendition in CelebA's frame at the
-        scale it learned at (capped at ``max_scale``) and adds the detail a photo would have."""
+        (x0, y0, x1, y1), in 0..255 units. It reads the rendition in CelebA's frame (``to_frame``
+        at ``scale``, from ``frame``) at the scale it learned at (capped at ``max_scale``) and adds
+        the detail a photo would have."""
         x0, y0, x1, y1 = box
-        size = rendition.shape[0]
-        to_frame, scale = self.frame(transform, size)
         run = min(scale, self.max_scale)
         corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], dtype=np.float64)
         fc = align.apply(to_frame, corners)
@@ -243,4 +242,5 @@ def load_detail(path: Path) -> HairDetail | None:
         net.load_state_dict(read_tensors(path))
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise ModelError(f"hair detail weights {path} are damaged ({e})") from None
-    return HairDetail(net, float(meta.get("input_sigma", INPUT_SIGMA)), float(meta.get("max_scale", 1.0)))
+    return HairDetail(net, float(meta.get("input_sigma", HairDetail.sigma)),
+                      float(meta.get("max_scale", HairDetail.max_scale)))

@@ -114,10 +114,11 @@ def _batch(photos: torch.Tensor, renditions: torch.Tensor, bangs: torch.Tensor, 
     """n random 64x64 patches of photos and the same of their renditions, in [-1, 1], half of
     them from photos labelled Bangs, mirrored at random."""
     with_bangs, without = torch.nonzero(bangs)[:, 0], torch.nonzero(~bangs)[:, 0]
-    half = n // 2 if len(without) else n
+    if not len(without):  # every photo has bangs
+        without = with_bangs
+    half = n // 2
     idx = torch.cat([with_bangs[torch.randint(len(with_bangs), (half,), generator=gen)],
-                     without[torch.randint(max(1, len(without)), (n - half,), generator=gen)] if half < n else
-                     with_bangs[:0]])
+                     without[torch.randint(len(without), (n - half,), generator=gen)]])
     h, w = photos.shape[1:3]
     ys = torch.randint(h - PATCH + 1, (n,), generator=gen)
     xs = torch.randint(w - PATCH + 1, (n,), generator=gen)
@@ -146,10 +147,17 @@ def train_detail(opts: DetailOptions) -> Path:
     if cache.exists():
         with np.load(cache) as f:
             photos_np, renditions_np, bangs_np = f["photos"], f["renditions"], f["bangs"]
+            face_model = str(f["face_model"]) if "face_model" in f else None
     else:
         model = ModelFolder.find(opts.weights).load_model("cpu")
         photos_np, renditions_np, bangs_np = rendition_pairs(opts.data, model)
-        np.savez(cache, photos=photos_np, renditions=renditions_np, bangs=bangs_np)
+        face_model = model.model_id
+        np.savez(cache, photos=photos_np, renditions=renditions_np, bangs=bangs_np, face_model=np.array(face_model))
+    meta: dict[str, object] = {
+        "width": opts.width, "input_sigma": opts.sigma, "max_scale": 1.0, "face_model": face_model,
+        "data": f"CelebA aligned full size (178x218), training identities: {len(photos_np)} photos "
+                f"({int(bangs_np.sum())} labelled Bangs), each beside {face_model}'s rendition of it",
+        "licence": "CelebA: non-commercial research purposes only"}
     photos, renditions, bangs = (torch.from_numpy(a) for a in (photos_np, renditions_np, bangs_np))
     print(f"{len(photos)} photos, {int(bangs.sum())} with bangs", flush=True)
     g, d = DetailNet(opts.width), PatchCritic()
@@ -183,7 +191,7 @@ def train_detail(opts: DetailOptions) -> Path:
             print(f"step {step} d {loss_d.item():.3f} g {loss_g.item():.3f} fine detail: photo {e_real:.4f} "
                   f"answered {e_fake:.4f} {(time.monotonic() - t0) / (step - first):.2f} s/step", flush=True)
         if time.monotonic() - last_save > opts.save_every or step == opts.steps:
-            _write_state(opts, g, d, opt_g, opt_d, step)
+            _write_state(opts, g, d, opt_g, opt_d, step, meta)
             last_save = time.monotonic()
     return opts.out / WEIGHTS
 
@@ -203,7 +211,7 @@ def _read_state(state_file: Path, g: DetailNet, d: PatchCritic, opt_g: torch.opt
 
 
 def _write_state(opts: DetailOptions, g: DetailNet, d: PatchCritic, opt_g: torch.optim.Optimizer,
-                 opt_d: torch.optim.Optimizer, step: int) -> None:
+                 opt_d: torch.optim.Optimizer, step: int, meta: dict[str, object]) -> None:
     tensors = {f"g.{k}": v for k, v in g.state_dict().items()}
     tensors.update({f"d.{k}": v for k, v in d.state_dict().items()})
     for name, opt in (("og", opt_g), ("od", opt_d)):
@@ -211,6 +219,5 @@ def _write_state(opts: DetailOptions, g: DetailNet, d: PatchCritic, opt_g: torch
             for k in ("step", "exp_avg", "exp_avg_sq"):
                 tensors[f"{name}.{pid}.{k}"] = torch.as_tensor(st[k])
     _save(opts.out / "state.safetensors", tensors, {"step": step})
-    _save(opts.out / WEIGHTS, g.state_dict(), {"width": opts.width, "step": step, "input_sigma": opts.sigma,
-                                               "data": "CelebA (aligned, full size), training identities, Bangs"})
+    _save(opts.out / WEIGHTS, g.state_dict(), {**meta, "step": step})  # the weights to ship, with their provenance
     print(f"saved step {step}", flush=True)
