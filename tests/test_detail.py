@@ -148,7 +148,8 @@ def test_strokes_grow_strands_in_the_export_and_sliders_never(engine, astronaut,
     session.set_sliders({})
     session.paint((30, 20, 15), 0.1 * side, [(0.3 * side, 0.3 * side), (0.7 * side, 0.3 * side)])
     # a tiny random model's stroke darkens anything: the forehead is where hair grew
-    monkeypatch.setattr(session, "growth", lambda: _forehead(session.resolution))
+    forehead = _forehead(session.resolution)  # one map, as the session keeps its own while the edit stays
+    monkeypatch.setattr(session, "growth", lambda: forehead)
     plain, grown = session.composite(), session.composite(detail=True)
     changed = np.abs(grown.astype(np.int16) - plain.astype(np.int16)).max(axis=2) > 0
     assert changed[120:168, 170:340].mean() > 0.5

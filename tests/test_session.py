@@ -102,7 +102,8 @@ def test_sliders_and_brush_combine(engine, face_photo: Path) -> None:
 
     def expected() -> torch.Tensor:
         with torch.inference_mode():
-            return render(s.x, s.recon0, s.decoder(s.z), s.mask_settings, s.decoder(s.z_base), s.slider_region())[0]
+            return render(s.x, s.recon0, s.decoder(s.z), s.mask_settings, s.decoder(s.z_base), s.slider_region(),
+                          s.reach_tensor())[0]
 
     assert torch.equal(s.render().shown, expected())
     s.undo()
@@ -110,6 +111,98 @@ def test_sliders_and_brush_combine(engine, face_photo: Path) -> None:
     assert torch.equal(s.render().shown, expected())
     with pytest.raises(ValueError, match="unknown"):
         s.set_sliders({"nope": 1.0})
+
+
+def _crop_px(s: EditSession, x: float, y: float) -> tuple[int, int]:
+    """The crop pixel (row, column) a photo point falls in."""
+    cx, cy = s.photo_to_crop(x, y)
+    return int(round(cy)), int(round(cx))
+
+
+def test_a_stroke_changes_the_photo_only_near_it(engine, face_photo: Path) -> None:
+    from engine.core.edit import halo_of
+
+    s = _session(engine, face_photo)
+    before = s.photo.pixels.copy()
+    _paint(s, color=(20, 15, 10), pts=((10, 10), (20, 12)))  # top left; the brush radius is 6 photo pixels
+    reach = s.reach
+    assert reach is not None
+    assert reach[_crop_px(s, 15, 11)] == 1.0  # on the stroke: in full
+    far = reach == 0
+    assert far[_crop_px(s, 90, 90)]  # the far corner, and most of the crop: nothing
+    assert far.mean() > 0.5
+    r = s.render()
+    assert torch.equal(r.mask[0, 0][torch.from_numpy(far)], torch.zeros(int(far.sum())))
+    out = s.composite()
+    changed = np.abs(out.astype(np.int16) - before.astype(np.int16)).max(axis=2) > 0
+    assert changed[:30, :30].any()
+    assert not changed[70:, 70:].any()
+    # the reach is the halo the brush was free to change (reach 1), fading over about one brush
+    # radius beyond (here 2 crop pixels: at least 2 pixels)
+    radius = 6 * align.scale_of(s.transform)
+    full = torch.from_numpy((reach == 1).astype(np.float32))[None, None]
+    assert not (reach > 0)[halo_of(full, max(1.5 * radius, 3))[0, 0].numpy() == 0].any()
+    assert (reach > 0).sum() > (reach == 1).sum()  # it fades, not a hard edge
+    # the tiny model's latent move changes the whole crop: without the limit it would all show
+    s.reach = None
+    s._render = None
+    assert (s.render().mask[0, 0][torch.from_numpy(far)] > 0).any()
+
+
+def test_undo_redo_and_the_latent_canvas_carry_the_reach(engine, face_photo: Path) -> None:
+    s = _session(engine, face_photo)
+    assert s.reach is not None
+    assert not s.reach.any()
+    _paint(s, pts=((10, 10), (20, 12)))
+    first = s.reach.copy()
+    _paint(s, pts=((80, 80), (85, 85)))
+    assert s.reach[_crop_px(s, 82, 82)] == 1.0
+    assert s.reach[_crop_px(s, 15, 11)] == 1.0
+    s.undo()
+    assert np.array_equal(s.reach, first)
+    s.redo()
+    assert s.reach[_crop_px(s, 82, 82)] == 1.0
+    s.set_latent(s.z[0].numpy() * 0.5)  # the latent canvas moves the whole face
+    s.commit()
+    assert s.reach is None
+    _paint(s, pts=((40, 40), (45, 45)))  # and a stroke after it leaves the change everywhere
+    assert s.reach is None
+    s.reset()
+    assert s.reach is not None
+    assert not s.reach.any()
+    s.sample(seed=1)
+    assert s.reach is None
+
+
+def test_sessions_saved_before_strokes_were_local_still_open(engine, face_photo: Path, tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from engine.core.document import load_session, save_session
+
+    s = _session(engine, face_photo)
+    _paint(s)
+    path = tmp_path / "new.npe"
+    save_session(s, path, [], 0)
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    tensors = st_load(files["latents.safetensors"])
+    assert "edit0.reach.1" in tensors
+    files["latents.safetensors"] = st_save({k: v for k, v in tensors.items() if ".reach." not in k})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    old = tmp_path / "old.npe"
+    old.write_bytes(buf.getvalue())
+    again, _, _ = load_session(engine, old)
+    assert again.reach is None  # shown as it was made: everywhere
+    s.reach = None
+    s._render = None
+    assert np.array_equal(again.composite(), s.composite())
 
 
 def test_reset_and_sample_are_undoable(engine, face_photo: Path) -> None:

@@ -141,6 +141,8 @@ def document_bytes(doc: Document) -> bytes:
         tensors[f"edit{j}.z0"] = s.z0[0].detach().cpu().contiguous()
         for i, snap in enumerate(s.history):
             tensors[f"edit{j}.history.{i}"] = torch.from_numpy(snap.z_base.copy())
+            if snap.reach is not None:  # where the strokes' change shows (absent: everywhere)
+                tensors[f"edit{j}.reach.{i}"] = torch.from_numpy(snap.reach.copy())
     meta = {
         "format_version": SESSION_FORMAT,
         "model_id": doc.model.model_id,
@@ -185,10 +187,21 @@ def read_session(data: bytes, name: str = "session") -> tuple[dict[str, Any], by
     return meta, photo_bytes, tensors
 
 
-def _history(edit: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str) -> list[Snapshot]:
-    return [Snapshot(tensors[f"{prefix}history.{i}"].numpy().astype(np.float32),
-                     SliderValues(tuple((str(k), float(v)) for k, v in h["sliders"])), bool(h.get("hold", True)))
-            for i, h in enumerate(edit["history"])]
+def _history(edit: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str, resolution: int) -> list[Snapshot]:
+    """The undo history of one face's edit. A step without a reach (sessions saved before strokes
+    were kept local) shows its change everywhere, as it did when it was made."""
+    history = []
+    for i, h in enumerate(edit["history"]):
+        stored = tensors.get(f"{prefix}reach.{i}")
+        reach = None
+        if stored is not None:
+            if tuple(stored.shape) != (resolution, resolution):
+                raise ValueError(f"step {i}'s reach has shape {tuple(stored.shape)}")
+            reach = stored.numpy().astype(np.float32).clip(0, 1)
+        history.append(Snapshot(tensors[f"{prefix}history.{i}"].numpy().astype(np.float32),
+                                SliderValues(tuple((str(k), float(v)) for k, v in h["sliders"])),
+                                bool(h.get("hold", True)), reach))
+    return history
 
 
 def load_document(engine: Any, path: str | Path) -> Document:
@@ -215,7 +228,7 @@ def load_document(engine: Any, path: str | Path) -> Document:
             edits = [(e, f"edit{j}.") for j, e in enumerate(meta["edits"])]
         sessions = {}
         for edit, prefix in edits:
-            history = _history(edit, tensors, prefix)
+            history = _history(edit, tensors, prefix, loaded.config.resolution)
             position = int(edit["position"])
             if not 0 <= position < len(history):
                 raise ValueError("undo position out of range")

@@ -7,7 +7,9 @@ State (all on the engine side, never touched by Qt):
     z_base     the latent the brush and the latent canvas edit
     sliders    attribute offsets; the decoder sees z = z_base + sum_a v_a * dir_a
     hold       whether sliders hold their correlated attributes fixed (part of the edit)
-    history    undo/redo snapshots of (z_base, sliders, hold), one per finished action
+    reach      where the brush's change may show: the strokes' halos (engine.core.edit.stroke_reach),
+               None after the latent canvas or a sample, which change the whole face
+    history    undo/redo snapshots of (z_base, sliders, hold, reach), one per finished action
 
 A brush stroke goes ``brush_begin`` -> ``brush_to`` (per mouse sample, one latent update
 each, returns a preview) -> ``brush_end`` (refines, records one undo step).
@@ -25,7 +27,16 @@ from engine.core import align
 from engine.core.attributes import AttributeSet, SliderValues
 from engine.core.checkpoint import LoadedModel
 from engine.core.detail import HairDetail, StrandLayer, growth_map
-from engine.core.edit import BrushOptimizer, BrushRule, MaskSettings, change_mask, check_latent, render, stamp_segment
+from engine.core.edit import (
+    BrushOptimizer,
+    BrushRule,
+    MaskSettings,
+    change_mask,
+    check_latent,
+    render,
+    stamp_segment,
+    stroke_reach,
+)
 from engine.core.faces import Face
 from engine.core.images import Photo, to_tensor, to_uint8
 from engine.core.regions import Regions, find_regions
@@ -42,9 +53,12 @@ class Snapshot:
     z_base: np.ndarray  # float32 (D,)
     sliders: SliderValues = SliderValues()
     hold: bool = True
+    reach: np.ndarray | None = None  # float32 (R, R) in [0, 1], never changed in place; None: everywhere
 
     def same_as(self, other: Snapshot) -> bool:
-        return (self.sliders == other.sliders and self.hold == other.hold
+        same_reach = (self.reach is other.reach if self.reach is None or other.reach is None
+                      else np.array_equal(self.reach, other.reach))
+        return (self.sliders == other.sliders and self.hold == other.hold and same_reach
                 and np.array_equal(self.z_base, other.z_base))
 
 
@@ -56,6 +70,7 @@ class Stroke:
     paint: np.ndarray  # (R, R, 3) target colours in [-1, 1]
     halo: np.ndarray  # (R, R) coverage of the stroke widened by rule.halo radii (not kept outside it)
     optimizer: BrushOptimizer
+    reach_before: np.ndarray | None  # the session's reach when the stroke began
     last: tuple[float, float] | None = None
     losses: list[float] = field(default_factory=list)
     touches_photo: bool = False  # some sample's brush disc overlaps the photo
@@ -109,14 +124,16 @@ class EditSession:
         self.z_base = z.clone()
         self.sliders = SliderValues()
         self.hold = True
+        self.reach: np.ndarray | None = np.zeros((self.resolution, self.resolution), np.float32)
+        self._reach: tuple[np.ndarray, torch.Tensor] | None = None
         self._offset: tuple[SliderValues, bool, torch.Tensor] | None = None
         self.history: list[Snapshot] = [self.snapshot()]
         self.position = 0
         self.stroke: Stroke | None = None
         self._render: CropRender | None = None
         self._plain: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._growth: tuple[torch.Tensor, np.ndarray | None, np.ndarray] | None = None
-        self._strands: tuple[tuple[float, tuple[int, ...]], torch.Tensor, StrandLayer | None] | None = None
+        self._growth: tuple[torch.Tensor, np.ndarray | None, np.ndarray | None, np.ndarray] | None = None
+        self._strands: tuple[tuple[float, tuple[int, ...]], np.ndarray, StrandLayer | None] | None = None
 
     def to(self, device: str | torch.device) -> None:
         """Move the session (not the model) to another device; a stroke in progress continues."""
@@ -130,6 +147,7 @@ class EditSession:
         self._strands = None
         self._offset = None
         self._region = None
+        self._reach = None
         if self.stroke is not None:  # the optimiser restarts from the current latent
             old = self.stroke.optimizer
             self.stroke.optimizer = BrushOptimizer(self.z, old.rule, old.radius_px, old.keep_image.to(self.device))
@@ -169,13 +187,23 @@ class EditSession:
         return self.z_base + self.slider_offset()
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.z_base[0].detach().cpu().numpy().astype(np.float32).copy(), self.sliders, self.hold)
+        return Snapshot(self.z_base[0].detach().cpu().numpy().astype(np.float32).copy(), self.sliders, self.hold,
+                        self.reach)
 
     def restore(self, snap: Snapshot) -> None:
         self.z_base = torch.from_numpy(snap.z_base.copy()).to(self.device).view(1, -1)
         self.sliders = snap.sliders
         self.hold = snap.hold
+        self.reach = snap.reach
         self._render = None
+
+    def reach_tensor(self) -> torch.Tensor | None:
+        """(1, 1, R, R): ``reach`` for the renderer, or None where the brush's change may show everywhere."""
+        if self.reach is None:
+            return None
+        if self._reach is None or self._reach[0] is not self.reach:
+            self._reach = (self.reach, torch.from_numpy(self.reach).to(self.device).view(1, 1, *self.reach.shape))
+        return self._reach[1]
 
     @property
     def version(self) -> tuple[int, ...]:
@@ -221,6 +249,7 @@ class EditSession:
         self.cancel_stroke()
         self.z_base = self.z0.clone()
         self.sliders = SliderValues()
+        self.reach = np.zeros((self.resolution, self.resolution), np.float32)
         self._render = None
         self.commit()
 
@@ -230,14 +259,17 @@ class EditSession:
         g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31, ()).item()))
         self.z_base = torch.randn(1, self.latent_dim, generator=g).to(self.device)
         self.sliders = SliderValues()
+        self.reach = None  # a new face: shown everywhere
         self._render = None
         self.commit()
 
     def set_latent(self, z: np.ndarray | torch.Tensor) -> None:
-        """Set the latent the decoder sees (latent canvas); sliders stay as they are."""
+        """Set the latent the decoder sees (latent canvas); sliders stay as they are. The change
+        may then show anywhere on the face (a latent moves all of it)."""
         zt = torch.as_tensor(np.asarray(z, dtype=np.float32)).to(self.device).view(1, -1)
         check_latent(zt, self.latent_dim)
         self.z_base = zt - self.slider_offset()
+        self.reach = None
         self._render = None
 
     def set_sliders(self, values: SliderValues | Mapping[str, float]) -> None:
@@ -279,6 +311,7 @@ class EditSession:
             paint=np.zeros((r, r, 3), dtype=np.float32),
             halo=np.zeros((r, r), dtype=np.float32),
             optimizer=BrushOptimizer(self.z, rule, radius, keep),
+            reach_before=self.reach,
         )
 
     def _paint_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -303,6 +336,8 @@ class EditSession:
             s.last = p
         if not s.alpha.any():  # the stroke is entirely outside the face crop
             return self.render()
+        if s.reach_before is not None:  # the stroke's change shows near it (and earlier strokes' near them)
+            self.reach = np.maximum(s.reach_before, stroke_reach(s.halo, s.radius))
         paint, alpha, halo = self._paint_tensors()
         offset = self.slider_offset()
         plain = None
@@ -313,7 +348,8 @@ class EditSession:
         s.losses.append(loss)
         self.z_base = s.optimizer.z.detach() - offset
         # the preview shows the decoder output computed for this step (one step behind)
-        shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain, self.slider_region())
+        shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain, self.slider_region(),
+                             self.reach_tensor())
         self._render = None
         return CropRender(shown, generated, mask)
 
@@ -363,7 +399,8 @@ class EditSession:
             with torch.inference_mode():
                 generated = self.generate(self.z)
                 plain = self._without_sliders() if self.sliders_set else None
-                shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain, self.slider_region())
+                shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain,
+                                     self.slider_region(), self.reach_tensor())
             self._render = CropRender(shown, generated, mask)
         return self._render
 
@@ -416,9 +453,9 @@ class EditSession:
         if growth is None or self.hair_detail is None:
             return None
         key = (scale, picture.shape)
-        if self._strands is None or self._strands[0] != key or not torch.equal(self._strands[1], self.z_base):
+        if self._strands is None or self._strands[0] != key or self._strands[1] is not growth:
             layer = self.hair_detail.layer(picture, growth, self.transform_at(scale), self.brushed_view()[1])
-            self._strands = (key, self.z_base.clone(), layer)
+            self._strands = (key, growth, layer)
         return self._strands[2]
 
     def growth(self) -> np.ndarray | None:
@@ -428,17 +465,20 @@ class EditSession:
 
     def brushed_view(self) -> tuple[np.ndarray | None, np.ndarray]:
         """The growth map and the crop as the brush alone left it (R, R, 3 uint8), kept while
-        the latent stays the same."""
-        if self._growth is None or not torch.equal(self._growth[0], self.z_base):
+        the latent and the brush's reach stay the same."""
+        if self._growth is None or self._growth[1] is not self.reach or not torch.equal(self._growth[0], self.z_base):
             with torch.inference_mode():
                 plain = self.generate(self.z_base, sliders=False)
                 brushed = change_mask(plain, self.recon0, self.mask_settings)
+                reach = self.reach_tensor()
+                if reach is not None:
+                    brushed = brushed * reach
                 after = to_uint8((self.x + brushed * (plain - self.x))[0])
             grow = None
             if not torch.equal(self.z_base, self.z0):
                 grow = growth_map(self.crop_pixels, after, brushed[0, 0].cpu().numpy(), self.regions.hair)
-            self._growth = (self.z_base.clone(), grow if grow is not None and grow.any() else None, after)
-        return self._growth[1], self._growth[2]
+            self._growth = (self.z_base.clone(), self.reach, grow if grow is not None and grow.any() else None, after)
+        return self._growth[2], self._growth[3]
 
     def transform_at(self, scale: float) -> np.ndarray:
         """The crop's transform from a copy of the photo resized by ``scale``."""
