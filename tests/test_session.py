@@ -113,6 +113,23 @@ def test_sliders_and_brush_combine(engine, face_photo: Path) -> None:
         s.set_sliders({"nope": 1.0})
 
 
+def _npe_files(path: Path) -> dict[str, bytes]:
+    """The files inside a saved .npe session."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return {n: z.read(n) for n in z.namelist()}
+
+
+def _write_npe(files: dict[str, bytes], path: Path) -> None:
+    """Write a .npe session from its files (as an older version would have written it)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+
+
 def _crop_px(s: EditSession, x: float, y: float) -> tuple[int, int]:
     """The crop pixel (row, column) a photo point falls in."""
     cx, cy = s.photo_to_crop(x, y)
@@ -175,8 +192,6 @@ def test_undo_redo_and_the_latent_canvas_carry_the_reach(engine, face_photo: Pat
 
 
 def test_sessions_saved_before_strokes_were_local_still_open(engine, face_photo: Path, tmp_path: Path) -> None:
-    import io
-    import zipfile
 
     from safetensors.torch import load as st_load
     from safetensors.torch import save as st_save
@@ -187,17 +202,12 @@ def test_sessions_saved_before_strokes_were_local_still_open(engine, face_photo:
     _paint(s)
     path = tmp_path / "new.npe"
     save_session(s, path, [], 0)
-    with zipfile.ZipFile(path) as z:
-        files = {n: z.read(n) for n in z.namelist()}
+    files = _npe_files(path)
     tensors = st_load(files["latents.safetensors"])
     assert "edit0.reach.1" in tensors
     files["latents.safetensors"] = st_save({k: v for k, v in tensors.items() if ".reach." not in k})
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for n, data in files.items():
-            z.writestr(n, data)
     old = tmp_path / "old.npe"
-    old.write_bytes(buf.getvalue())
+    _write_npe(files, old)
     again, _, _ = load_session(engine, old)
     assert again.reach is None  # shown as it was made: everywhere
     s.reach = None
@@ -318,9 +328,7 @@ def test_the_hold_mode_is_part_of_the_edit(engine, face_photo: Path, tmp_path: P
 
 
 def test_sessions_saved_before_the_mode_was_recorded_still_open(engine, face_photo: Path, tmp_path: Path) -> None:
-    import io
     import json
-    import zipfile
 
     from safetensors.torch import load as st_load
     from safetensors.torch import save as st_save
@@ -332,8 +340,7 @@ def test_sessions_saved_before_the_mode_was_recorded_still_open(engine, face_pho
     s.commit()
     path = tmp_path / "v2.npe"
     save_session(s, path, [], 0)
-    with zipfile.ZipFile(path) as z:  # rewrite it as version 1 wrote it: one face, no mode per step
-        files = {n: z.read(n) for n in z.namelist()}
+    files = _npe_files(path)  # rewritten as version 1 wrote it: one face, no mode per step
     meta = json.loads(files["session.json"])
     (edit,) = meta.pop("edits")
     meta.update(format_version=1, faces=[edit["face_box"]], face_index=0, position=edit["position"],
@@ -341,12 +348,8 @@ def test_sessions_saved_before_the_mode_was_recorded_still_open(engine, face_pho
     files["session.json"] = json.dumps(meta).encode()
     tensors = st_load(files["latents.safetensors"])
     files["latents.safetensors"] = st_save({k.removeprefix("edit0."): v for k, v in tensors.items()})
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for n, data in files.items():
-            z.writestr(n, data)
     old = tmp_path / "v1.npe"
-    old.write_bytes(buf.getvalue())
+    _write_npe(files, old)
     again, _, _ = load_session(engine, old)
     assert again.hold
     assert np.array_equal(again.composite(), s.composite())
