@@ -188,6 +188,14 @@ def test_npe_detail_trains_and_resumes_and_its_weights_load(tmp_path, astronaut,
     assert json.loads((run / "state.json").read_text())["step"] == 3
     written = json.loads((run / "detail.json").read_text())
     assert (written["step"], written["face_model"]) == (3, "tiny-test")  # what it learned from, for the card
+    assert "tiny-test's rendition" in written["data"]
+    # pairs cached before the face model was kept with them: the card says it does not know which
+    with np.load(run / "pairs.npz") as pairs:
+        np.savez(run / "pairs.npz", **{k: pairs[k] for k in pairs.files if k != "face_model"})
+    train_detail(DetailOptions(data, run, steps=4, batch=2, resume=True, weights=str(tiny_model_dir)))
+    written = json.loads((run / "detail.json").read_text())
+    assert written["face_model"] is None
+    assert "a face model's rendition" in written["data"]
     hd = load_detail(run / "detail.safetensors")
     assert hd is not None
     assert hd.net(torch.zeros(1, 3, 16, 16), seed=0).shape == (1, 3, 16, 16)

@@ -156,7 +156,8 @@ def train_detail(opts: DetailOptions) -> Path:
     meta: dict[str, object] = {
         "width": opts.width, "input_sigma": opts.sigma, "max_scale": 1.0, "face_model": face_model,
         "data": f"CelebA aligned full size (178x218), training identities: {len(photos_np)} photos "
-                f"({int(bangs_np.sum())} labelled Bangs), each beside {face_model}'s rendition of it",
+                f"({int(bangs_np.sum())} labelled Bangs), each beside "
+                f"{'a face model' if face_model is None else face_model}'s rendition of it",
         "licence": "CelebA: non-commercial research purposes only"}
     photos, renditions, bangs = (torch.from_numpy(a) for a in (photos_np, renditions_np, bangs_np))
     print(f"{len(photos)} photos, {int(bangs.sum())} with bangs", flush=True)
