@@ -168,8 +168,8 @@ class HairDetail:
         to_frame, scale = self.frame(transform, size)
         # the blur, in photo pixels, that parts the photo's own fine detail from the rest
         sigma = self.sigma * scale / min(scale, self.max_scale) / align.scale_of(to_frame)
-        strands = self._strands(rendition, transform, to_frame, scale, (int(x0), int(y0), int(x1), int(y1)), seed)
-        return StrandLayer((int(x0), int(y0), int(x1), int(y1)), weight, strands, sigma)
+        box = (int(x0), int(y0), int(x1), int(y1))
+        return StrandLayer(box, weight, self._strands(rendition, transform, to_frame, scale, box, seed), sigma)
 
     def _strands(self, rendition: np.ndarray, transform: np.ndarray, to_frame: np.ndarray, scale: float,
                  box: tuple[int, int, int, int], seed: int) -> np.ndarray:

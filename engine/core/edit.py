@@ -293,6 +293,14 @@ def change_mask(generated: torch.Tensor, recon0: torch.Tensor, settings: MaskSet
     return ((m - settings.floor) / (1 - settings.floor)).clamp(0, 1)
 
 
+def brush_mask(generated: torch.Tensor, recon0: torch.Tensor, settings: MaskSettings = MaskSettings(),
+               reach: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 1, R, R) the brush's blend weights: ``change_mask``, kept to the strokes' ``reach``
+    (1, 1, R, R in [0, 1], ``stroke_reach``; None: everywhere)."""
+    mask = change_mask(generated, recon0, settings)
+    return mask if reach is None else mask * reach
+
+
 def shift_weight(shift: torch.Tensor, settings: MaskSettings = MaskSettings()) -> torch.Tensor:
     """(N, 1, R, R) weights in [0, 1] with which a slider change is added to the photo."""
     m = _blurred_change(shift, settings.shift_sigma)
@@ -317,9 +325,7 @@ def render(x: torch.Tensor, recon0: torch.Tensor, generated: torch.Tensor,
     [-1, 1]) and max(M, W); where that is 0, y equals x exactly.
     """
     plain = generated if without_sliders is None else without_sliders
-    mask = change_mask(plain, recon0, settings)
-    if reach is not None:
-        mask = mask * reach
+    mask = brush_mask(plain, recon0, settings, reach)
     y = torch.where(mask > 0, x + mask * (plain - x), x)
     if without_sliders is not None:
         shift = generated - without_sliders

@@ -31,7 +31,7 @@ from engine.core.edit import (
     BrushOptimizer,
     BrushRule,
     MaskSettings,
-    change_mask,
+    brush_mask,
     check_latent,
     render,
     stamp_segment,
@@ -469,10 +469,7 @@ class EditSession:
         if self._growth is None or self._growth[1] is not self.reach or not torch.equal(self._growth[0], self.z_base):
             with torch.inference_mode():
                 plain = self.generate(self.z_base, sliders=False)
-                brushed = change_mask(plain, self.recon0, self.mask_settings)
-                reach = self.reach_tensor()
-                if reach is not None:
-                    brushed = brushed * reach
+                brushed = brush_mask(plain, self.recon0, self.mask_settings, self.reach_tensor())
                 after = to_uint8((self.x + brushed * (plain - self.x))[0])
             grow = None
             if not torch.equal(self.z_base, self.z0):
