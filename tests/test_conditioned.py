@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.core.attributes import AttributeSet, SliderKind
+from engine.core.attributes import CONDITION_LIMIT, AttributeSet, SliderKind, condition_input
 from engine.core.document import load_session, save_session
 from engine.core.pipeline import Engine, open_session
 from engine.tools.cli import main
@@ -34,7 +34,7 @@ def test_a_condition_slider_moves_the_decoders_input_not_the_latent(conditioned:
     s.set_sliders({"eyeglasses": 1.5})
     s.commit()
     assert torch.equal(s.z, z)
-    assert torch.allclose(s.a, s.a0 + torch.tensor([[0.0, 1.5]]))
+    assert torch.allclose(s.a, condition_input(s.a0, torch.tensor([[0.0, 1.5]])))
     assert s.edited
     after = s.composite()
     assert not np.array_equal(after, before)
@@ -44,11 +44,44 @@ def test_a_condition_slider_moves_the_decoders_input_not_the_latent(conditioned:
         s.brush_to([p])
     s.brush_end()
     assert not torch.equal(s.z, z)
-    assert torch.allclose(s.a, s.a0 + torch.tensor([[0.0, 1.5]]))
+    assert torch.allclose(s.a, condition_input(s.a0, torch.tensor([[0.0, 1.5]])))
     s.undo()
     assert np.array_equal(s.composite(), after)
     s.undo()
     assert np.array_equal(s.composite(), before)
+
+
+def test_the_attribute_input_bends_toward_its_limit_past_the_trained_range() -> None:
+    """Inside [-1, 1] a slider's move is added as it is; past it the input bends smoothly (no
+    step at the edge) and monotonically towards +-CONDITION_LIMIT and never passes it, so a
+    slider at +2 cannot drive the decoder far outside what it learned."""
+    a0 = torch.tensor([[-1.0, -0.5, 0.0, 0.8, 1.0]])
+    small = torch.tensor([[0.5, 1.2, -0.7, 0.1, -1.5]])
+    assert torch.allclose(condition_input(a0, small), a0 + small)  # all within the trained range
+    t = torch.linspace(-6, 6, 1201)
+    bent = condition_input(torch.zeros_like(t), t)
+    assert bool((bent.abs() <= CONDITION_LIMIT).all())
+    assert bool((bent.diff() >= 0).all())
+    reach = t.abs() <= 3  # as far as a slider at +-2 of a step 2 goes from the far end: always more
+    assert bool((bent[reach].diff() > 0).all())
+    assert bool((bent.diff() < 1.01 * t.diff()).all())  # no jump anywhere, slope at most 1
+    near = torch.tensor([0.999, 1.001])
+    assert float(condition_input(torch.zeros(2), near).diff()) == pytest.approx(0.002, rel=0.01)
+    assert float(condition_input(torch.tensor(-1.0), torch.tensor(4.0))) > 1.4  # +2 of a step 2: near the limit
+    assert torch.equal(condition_input(a0, 3 * small, limit=float("inf")), a0 + 3 * small)
+
+
+def test_a_slider_at_its_end_keeps_the_decoders_input_within_the_limit(conditioned: Engine,
+                                                                       face_photo: Path) -> None:
+    s, _ = open_session(conditioned, face_photo)
+    assert s.a0 is not None
+    before = s.composite()
+    s.set_sliders({"eyeglasses": 2.0, "smiling": -2.0})
+    assert s.a is not None
+    assert bool((s.a.abs() <= CONDITION_LIMIT).all())
+    assert float(s.a[0, 1]) > float(s.a0[0, 1])
+    assert float(s.a[0, 0]) < float(s.a0[0, 0])
+    assert not np.array_equal(s.composite(), before)
 
 
 def test_condition_sliders_survive_a_session_file(conditioned: Engine, face_photo: Path, tmp_path: Path) -> None:

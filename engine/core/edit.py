@@ -339,12 +339,12 @@ def render(x: torch.Tensor, recon0: torch.Tensor, generated: torch.Tensor,
 
 def render_shift(decoder: torch.nn.Module, x: torch.Tensor, z: torch.Tensor, offset: torch.Tensor,
                  settings: MaskSettings = MaskSettings(), a: torch.Tensor | None = None,
-                 a_offset: torch.Tensor | None = None) -> torch.Tensor:
+                 a_moved: torch.Tensor | None = None) -> torch.Tensor:
     """What the editor shows of crops ``x`` (N, 3, R, R) encoded as ``z`` (N, D) after a slider
-    adds ``offset`` (N, D or 1, D) to the latent, or, for a conditioned decoder, ``a_offset`` to
-    its attribute input ``a`` (N, K): the slider's change added onto the photo."""
+    adds ``offset`` (N, D or 1, D) to the latent, or, for a conditioned decoder, moves its
+    attribute input from ``a`` (N, K) to ``a_moved``: the slider's change added onto the photo."""
     with torch.inference_mode():
         recon = decoder(z, a)
-        moved = decoder(z + offset, a if a_offset is None or a is None else a + a_offset)
+        moved = decoder(z + offset, a if a_moved is None else a_moved)
         shown, _ = render(x, recon, moved, settings, without_sliders=recon)
     return shown

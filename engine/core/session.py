@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from engine.core import align
-from engine.core.attributes import AttributeSet, SliderValues
+from engine.core.attributes import AttributeSet, SliderValues, condition_input
 from engine.core.checkpoint import LoadedModel
 from engine.core.detail import HairDetail, StrandLayer, growth_map
 from engine.core.edit import (
@@ -172,10 +172,12 @@ class EditSession:
     @property
     def a(self) -> torch.Tensor | None:
         """The conditioned decoder's attribute input: the photo's reading moved by the CONDITION
-        sliders (None for a plain decoder)."""
+        sliders, bent back towards the trained range past it (``condition_input``; None for a
+        plain decoder)."""
         if self.a0 is None:
             return None
-        return self.a0 + self.attributes.condition_offset(self.sliders, self.a0.shape[1]).to(self.device)
+        offset = self.attributes.condition_offset(self.sliders, self.a0.shape[1]).to(self.device)
+        return condition_input(self.a0, offset)
 
     def generate(self, z: torch.Tensor, sliders: bool = True) -> torch.Tensor:
         """The decoder at ``z``, with the attribute input the sliders set (or the photo's own)."""

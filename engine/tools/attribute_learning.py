@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from engine.core.attributes import SLIDER_RANGE, Attribute, AttributeSet, SliderKind
+from engine.core.attributes import SLIDER_RANGE, Attribute, AttributeSet, SliderKind, condition_input
 from engine.core.edit import render_shift
 from engine.core.images import to_tensor, to_uint8
 from engine.core.judge import AttributeJudge, judge_scores, save_judge
@@ -177,7 +177,8 @@ def slider_view(engine: Engine, attrs: AttributeSet, attr: Attribute, crops: tor
             raise ValueError(f"slider {attr.name} moves the decoder's attribute input, but this model has none")
         shift = torch.zeros_like(a[:1])
         shift[0, attr.condition] = value * attr.step
-        return render_shift(engine.loaded.model.decoder, crops, z, torch.zeros_like(z[:1]), a=a, a_offset=shift)
+        return render_shift(engine.loaded.model.decoder, crops, z, torch.zeros_like(z[:1]), a=a,
+                            a_moved=condition_input(a, shift))
     d = attrs.direction(attr.name, hold) * attr.step
     return render_shift(engine.loaded.model.decoder, crops, z, value * d.view(1, -1), a=a)
 
