@@ -199,6 +199,23 @@ def test_npe_detail_trains_and_resumes_and_its_weights_load(tmp_path, astronaut,
     hd = load_detail(run / "detail.safetensors")
     assert hd is not None
     assert hd.net(torch.zeros(1, 3, 16, 16), seed=0).shape == (1, 3, 16, 16)
+    # a new run moved onto (here: the same) face model starts from those weights, not from scratch
+    from safetensors.torch import load_file, save_file
+
+    start = {k: v + 0.05 for k, v in load_file(str(run / "detail.safetensors")).items()}  # unlike a fresh net
+    save_file(start, str(tmp_path / "start.safetensors"))
+    (tmp_path / "start.json").write_text(json.dumps({"width": 24}))
+    moved, fresh = tmp_path / "moved", tmp_path / "fresh"
+    for out, init in ((moved, str(tmp_path / "start.safetensors")), (fresh, None)):
+        train_detail(DetailOptions(data, out, steps=1, batch=2, lr=1e-6, weights=str(tiny_model_dir), init_from=init))
+    after_moved = load_file(str(moved / "detail.safetensors"))
+    after_fresh = load_file(str(fresh / "detail.safetensors"))
+    assert max(float((after_moved[k] - start[k]).abs().max()) for k in start) < 1e-4
+    assert max(float((after_fresh[k] - start[k]).abs().max()) for k in start) > 1e-2
+    assert json.loads((moved / "detail.json").read_text())["init_from"] == str(tmp_path / "start.safetensors")
+    with pytest.raises(SystemExit, match="width 24, this run's is 8"):
+        train_detail(DetailOptions(data, tmp_path / "narrow", steps=1, batch=2, width=8,
+                                   weights=str(tiny_model_dir), init_from=str(run)))
 
 
 def test_a_partial_growth_mixes_strands_and_pores_without_smoothing_them() -> None:

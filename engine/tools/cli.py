@@ -386,6 +386,9 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
     p.add_argument("--l1", type=float, default=None, help="the weight of staying near the photo (default 3)")
     p.add_argument("--weights", help="the face model whose renditions it learns to add detail to "
                                      "(default: pretrained/)")
+    p.add_argument("--init-from", help="a new run starts from these detail weights (a detail.safetensors or "
+                                       "a model folder with one), e.g. to move the shipped network onto a "
+                                       "new face model's renditions")
 
     p = sub.add_parser("bench", help="speed figures as JSON")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")

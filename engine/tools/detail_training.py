@@ -107,6 +107,9 @@ class DetailOptions:
     sigma: float = INPUT_SIGMA  # the blur that parts fine detail from the rest, where the editor uses it
     l1: float = 3.0  # the weight of staying near the photo (L1), beside the critic's
     weights: str | None = None  # the face model whose renditions are learned from (default: pretrained/)
+    # A new run's network starts from these detail weights (a detail.safetensors, or a model folder
+    # holding one) instead of from scratch: a detail network moved onto a new face model's renditions.
+    init_from: str | None = None
 
 
 def _batch(photos: torch.Tensor, renditions: torch.Tensor, bangs: torch.Tensor, n: int,
@@ -169,6 +172,10 @@ def train_detail(opts: DetailOptions) -> Path:
     if opts.resume and state_file.exists():
         step = _read_state(state_file, g, d, opt_g, opt_d)
         print(f"resumed at step {step}", flush=True)
+    elif opts.init_from:
+        g.load_state_dict(_detail_weights(Path(opts.init_from), opts.width))
+        meta["init_from"] = opts.init_from
+        print(f"network from {opts.init_from}", flush=True)
     gen = torch.Generator().manual_seed(opts.seed + step)
     last_save, t0, first = time.monotonic(), time.monotonic(), step
     while step < opts.steps:
@@ -195,6 +202,18 @@ def train_detail(opts: DetailOptions) -> Path:
             _write_state(opts, g, d, opt_g, opt_d, step, meta)
             last_save = time.monotonic()
     return opts.out / WEIGHTS
+
+
+def _detail_weights(path: Path, width: int) -> dict[str, torch.Tensor]:
+    """A detail network's weights from a detail.safetensors or a model folder holding one; they
+    must be of this run's width."""
+    file = path / WEIGHTS if path.is_dir() else path
+    if not file.exists():
+        raise SystemExit(f"npe detail: no detail weights at {file}")
+    meta = json.loads(file.with_suffix(".json").read_text()) if file.with_suffix(".json").exists() else {}
+    if int(meta.get("width", width)) != width:
+        raise SystemExit(f"npe detail: {file} is a network of width {meta['width']}, this run's is {width}")
+    return load_file(str(file))
 
 
 def _read_state(state_file: Path, g: DetailNet, d: PatchCritic, opt_g: torch.optim.Optimizer,
