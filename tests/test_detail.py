@@ -213,6 +213,9 @@ def test_npe_detail_trains_and_resumes_and_its_weights_load(tmp_path, astronaut,
     assert max(float((after_moved[k] - start[k]).abs().max()) for k in start) < 1e-4
     assert max(float((after_fresh[k] - start[k]).abs().max()) for k in start) > 1e-2
     assert json.loads((moved / "detail.json").read_text())["init_from"] == str(tmp_path / "start.safetensors")
+    train_detail(DetailOptions(data, moved, steps=2, batch=2, resume=True, weights=str(tiny_model_dir)))
+    resumed = json.loads((moved / "detail.json").read_text())
+    assert (resumed["step"], resumed["init_from"]) == (2, str(tmp_path / "start.safetensors"))  # still says so
     with pytest.raises(SystemExit, match="width 24, this run's is 8"):
         train_detail(DetailOptions(data, tmp_path / "narrow", steps=1, batch=2, width=8,
                                    weights=str(tiny_model_dir), init_from=str(run)))

@@ -172,6 +172,11 @@ def train_detail(opts: DetailOptions) -> Path:
     if opts.resume and state_file.exists():
         step = _read_state(state_file, g, d, opt_g, opt_d)
         print(f"resumed at step {step}", flush=True)
+        written = opts.out / WEIGHTS
+        if written.with_suffix(".json").exists():  # where the run's network started, for the card
+            started = json.loads(written.with_suffix(".json").read_text()).get("init_from")
+            if started:
+                meta["init_from"] = started
     elif opts.init_from:
         g.load_state_dict(_detail_weights(Path(opts.init_from), opts.width))
         meta["init_from"] = opts.init_from
