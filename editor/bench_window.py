@@ -107,9 +107,8 @@ def main(argv: Sequence[str]) -> int:
     w.show()
     w.open_path(args.photo)
     wait_until(lambda: w.last_frame is not None, 300)
-    figures = replay_stroke(w, args.samples)
-    figures["model"] = str(w.info.get("model_id"))
-    figures["device"] = str(w.info.get("device"))
+    figures: dict[str, float | str] = {**replay_stroke(w, args.samples), "model": str(w.info.get("model_id")),
+                                       "device": str(w.info.get("device"))}
     w.close()
     app.processEvents()
     print(json.dumps(figures, indent=2))

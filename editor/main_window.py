@@ -12,7 +12,7 @@ import gc
 import itertools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
@@ -50,6 +50,7 @@ from engine.core.images import READABLE_SUFFIXES
 
 OPEN_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.gif);;Sessions (*.npe);;All files (*)"
 EXPORT_FILTER = "PNG image (*.png);;JPEG image (*.jpg *.jpeg)"
+Shortcut = str | QKeySequence | QKeySequence.StandardKey  # what QKeySequence() takes
 COMPARE_KEY = Qt.Key.Key_Backslash
 
 
@@ -171,11 +172,11 @@ class MainWindow(QMainWindow):
         self.addDockWidget(area, dock)
         return dock
 
-    def _action(self, text: str, slot: object, shortcut: object = None, checkable: bool = False,
-                tip: str = "") -> QAction:
+    def _action(self, text: str, slot: Callable[..., object], shortcut: Shortcut | list[Shortcut] | None = None,
+                checkable: bool = False, tip: str = "") -> QAction:
         a = QAction(text, self)
         if shortcut is not None:
-            if isinstance(shortcut, (list, tuple)):
+            if isinstance(shortcut, list):
                 a.setShortcuts([QKeySequence(s) for s in shortcut])
             else:
                 a.setShortcut(QKeySequence(shortcut))
@@ -384,9 +385,9 @@ class MainWindow(QMainWindow):
             self._send(rq.StrokeEnd)
             self.settings.remember_color(self.settings.color_rgb)
 
-    def _latent_painted(self, values: object, finished: bool) -> None:
+    def _latent_painted(self, values: Iterable[float], finished: bool) -> None:
         if self._editable():
-            self._send(rq.SetLatent, values=tuple(float(v) for v in values), commit=finished)  # type: ignore[union-attr]
+            self._send(rq.SetLatent, values=tuple(float(v) for v in values), commit=finished)
 
     def _face_box_drawn(self, x0: float, y0: float, x1: float, y1: float) -> None:
         self.set_tool("brush")

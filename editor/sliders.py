@@ -98,8 +98,9 @@ class AttributePanel(QWidget):
         self.show_failed.setVisible(any(s.quality(hold) == "hidden" for s in self._sliders))
         while self._grid.count():
             item = self._grid.takeAt(0)
-            if item.widget() is not None:
-                item.widget().deleteLater()
+            widget = item.widget() if item is not None else None
+            if widget is not None:
+                widget.deleteLater()
         self.sliders.clear()
         self.values_labels.clear()
         self.strips.clear()

@@ -1,4 +1,4 @@
-"""Static checks run with the tests: ruff on everything, mypy on the engine."""
+"""Static checks run with the tests: ruff on everything, mypy on the engine and the editor."""
 
 from __future__ import annotations
 
@@ -26,6 +26,6 @@ def test_ruff() -> None:
 
 
 @pytest.mark.slow  # half a minute without its cache
-def test_mypy_on_the_engine() -> None:
+def test_mypy_on_the_engine_and_the_editor() -> None:
     r = subprocess.run([_tool("mypy")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
