@@ -45,7 +45,7 @@ SLIDER_RANGE = 2.0
 # Measured on c64-7000 (300 held-out faces; colour speckle: the crop's chroma Laplacian over the
 # unedited view's, mean of the 16 sliders), limit inf / 2 / 1.5: speckle at +2 3.77 / 2.31 / 1.90,
 # at +1 1.72 / 1.59 / 1.56; the judge's share adding the attribute at +2, e.g. eyeglasses 0.97 /
-# 0.89 / 0.67, age 0.86 / 0.36 / 0.14. 2 keeps +2 clearly stronger than +1, without the speckle.
+# 0.89 / 0.67, age 0.86 / 0.36 / 0.14. 2 keeps +2 stronger than +1, with much less speckle.
 CONDITION_LIMIT = 2.0
 
 
