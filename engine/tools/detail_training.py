@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine.core import align
-from engine.core.checkpoint import LoadedModel
-from engine.core.detail import INPUT_SIGMA, WEIGHTS, DetailNet, band
+from engine.core.checkpoint import LoadedModel, ModelError
+from engine.core.detail import INPUT_SIGMA, WEIGHTS, DetailNet, band, load_detail
 from engine.core.images import atomic_write, load_photo, to_tensor, to_uint8
 from engine.core.model_folder import ModelFolder
 from engine.tools.data import _held_out, list_items
@@ -172,11 +172,10 @@ def train_detail(opts: DetailOptions) -> Path:
     if opts.resume and state_file.exists():
         step = _read_state(state_file, g, d, opt_g, opt_d)
         print(f"resumed at step {step}", flush=True)
-        written = opts.out / WEIGHTS
-        if written.with_suffix(".json").exists():  # where the run's network started, for the card
-            started = json.loads(written.with_suffix(".json").read_text()).get("init_from")
-            if started:
-                meta["init_from"] = started
+        written = (opts.out / WEIGHTS).with_suffix(".json")
+        started = json.loads(written.read_text()).get("init_from") if written.exists() else None
+        if started:  # where the run's network started, for the card
+            meta["init_from"] = started
     elif opts.init_from:
         g.load_state_dict(_detail_weights(Path(opts.init_from), opts.width))
         meta["init_from"] = opts.init_from
@@ -210,15 +209,19 @@ def train_detail(opts: DetailOptions) -> Path:
 
 
 def _detail_weights(path: Path, width: int) -> dict[str, torch.Tensor]:
-    """A detail network's weights from a detail.safetensors or a model folder holding one; they
-    must be of this run's width."""
+    """A detail network's weights from a detail.safetensors or a model folder holding one, read
+    by the editor's own loader (``load_detail``); they must be of this run's width."""
     file = path / WEIGHTS if path.is_dir() else path
-    if not file.exists():
+    try:
+        start = load_detail(file)
+    except ModelError as e:
+        raise SystemExit(f"npe detail: {e}") from None
+    if start is None:
         raise SystemExit(f"npe detail: no detail weights at {file}")
-    meta = json.loads(file.with_suffix(".json").read_text()) if file.with_suffix(".json").exists() else {}
-    if int(meta.get("width", width)) != width:
-        raise SystemExit(f"npe detail: {file} is a network of width {meta['width']}, this run's is {width}")
-    return load_file(str(file))
+    have = start.net.stem[0].out_channels
+    if have != width:
+        raise SystemExit(f"npe detail: {file} is a network of width {have}, this run's is {width}")
+    return start.net.state_dict()
 
 
 def _read_state(state_file: Path, g: DetailNet, d: PatchCritic, opt_g: torch.optim.Optimizer,
