@@ -67,18 +67,67 @@ def test_a_flat_photo_gets_maps_without_an_error() -> None:
     regions = find_regions(pixels, whole_image_face(100, 100).transform(64), 64)
     assert np.isfinite(regions.person).all()
     assert np.isfinite(regions.hair).all()
+    assert np.isfinite(regions.strands).all()
 
 
 def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None:
     person = np.zeros((4, 4), np.float32)
     hair = np.ones((4, 4), np.float32)
-    r = Regions(person, hair)
+    r = Regions(person, hair, hair)
     assert r.for_sliders({"blond_hair"}) is hair
     assert r.for_sliders({"blond_hair", "gray_hair"}) is hair
     assert r.for_sliders({"blond_hair", "smiling"}) is person
     assert r.for_sliders({"pc1"}) is person
     assert {"black_hair", "blond_hair", "brown_hair", "gray_hair"} <= HAIR_SLIDERS
     assert "bangs" not in HAIR_SLIDERS  # a fringe covers skin: it may not be kept off it
+
+
+def strand_portrait() -> np.ndarray:
+    """The drawn portrait with strands combed into the left half of its hair above the face; the
+    right half is smoother than the cheeks (a forehead lit unlike them, in the hair's colour)."""
+    import cv2
+
+    img = drawn_portrait().astype(np.float32)
+    ys, xs = np.mgrid[0:SIZE, 0:SIZE]
+    u, v = (xs + 0.5) / SIZE, (ys + 0.5) / SIZE
+    left = (u > 0.2) & (u < 0.48) & (v > 0.08) & (v < 0.3)
+    img[left] += (40 * np.sin(xs * 1.3 + 0.2 * ys))[left][:, None]
+    right = (u > 0.52) & (u < 0.8) & (v > 0.08) & (v < 0.3)
+    img[right] = cv2.GaussianBlur(img, (0, 0), 1.5)[right]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_only_hair_with_fine_detail_of_its_own_counts_as_strands() -> None:
+    regions = find_regions(strand_portrait(), whole_image_face(SIZE, SIZE).transform(64), 64)
+    assert regions.strands.shape == (64, 64)
+    assert regions.strands.dtype == np.float32
+    assert (regions.strands <= regions.hair + 1e-6).all()
+    # both sides above the face are hair by their colour
+    assert _template_mean(regions.hair, 0.25, 0.42, 0.12, 0.25) > 0.7
+    assert _template_mean(regions.hair, 0.55, 0.68, 0.12, 0.25) > 0.7
+    # only the combed side has strands to keep
+    assert _template_mean(regions.strands, 0.25, 0.42, 0.12, 0.25) > 0.7
+    assert _template_mean(regions.strands, 0.55, 0.68, 0.12, 0.25) < 0.1
+
+
+def test_a_stroke_grows_hair_except_where_the_photo_has_strands_of_its_own(engine, monkeypatch) -> None:
+    import engine.core.session as session_module
+
+    kept: list[np.ndarray] = []
+    real = session_module.growth_map
+
+    def spy(before: np.ndarray, after: np.ndarray, brushed: np.ndarray, hair: np.ndarray) -> np.ndarray:
+        kept.append(hair)
+        return real(before, after, brushed, hair)
+
+    monkeypatch.setattr(session_module, "growth_map", spy)
+    s = EditSession(engine.loaded, Photo(strand_portrait(), "portrait.png"), whole_image_face(SIZE, SIZE), "cpu")
+    s.paint((30, 20, 15), 0.08 * SIZE, [(0.25 * SIZE, 0.18 * SIZE), (0.75 * SIZE, 0.18 * SIZE)])
+    s.growth()
+    assert len(kept) == 1
+    # what keeps its own hair is the strands map (the smooth side, hair by colour, may grow)
+    assert np.array_equal(kept[0], s.regions.strands)
+    assert not np.array_equal(kept[0], s.regions.hair)
 
 
 def _photo_region(session: EditSession, names: set[str]) -> np.ndarray:

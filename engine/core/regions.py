@@ -6,7 +6,8 @@ the photo itself, with no model: the canonical framing says where the face, the 
 the forehead and the background beside the head are likely to be; GrabCut (Rother et al.,
 SIGGRAPH 2004) grows those seeds by colour into a person / background split; a colour model
 of the cheeks says which of the person's pixels are skin. Clothes are the person's pixels
-below the jaw.
+below the jaw. The hair with strands of its own (``strands``) is the hair map where the photo
+has fine detail beyond the cheeks': a stroke grows new hair elsewhere (engine.core.detail).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ SOFTEN = 0.025
 HAIR_SLIDERS = frozenset({"black_hair", "blond_hair", "brown_hair", "gray_hair", "wavy_hair"})
 # The head with its hair in the canonical framing (centre x, y; radii x, y as crop fractions).
 HEAD_OUTLINE = (0.5, 0.45, 0.36, 0.42)
+# Fine detail (local mean |Laplacian|, over this share of the crop) against the cheeks': up to
+# SMOOTH times theirs is skin's, from STRANDS times hair's.
+FINE_SPAN = 0.025
+SMOOTH = 1.0
+STRANDS = 1.5
 
 
 @dataclass(frozen=True)
@@ -37,13 +43,16 @@ class Regions:
 
     person: np.ndarray  # head, hair, neck and clothes: everything but the background
     hair: np.ndarray  # the person less their skin and their clothes
+    # the hair that shows strands of its own: the hair map where the photo has more fine detail
+    # than the cheeks (a smooth forehead the colours took for hair has none to keep)
+    strands: np.ndarray
 
     def resized(self, size: int) -> Regions:
         if self.person.shape[0] == size:
             return self
         def fit(m: np.ndarray) -> np.ndarray:
             return cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA if size < m.shape[0] else cv2.INTER_LINEAR)
-        return Regions(fit(self.person), fit(self.hair))
+        return Regions(fit(self.person), fit(self.hair), fit(self.strands))
 
     def for_sliders(self, names: Iterable[str]) -> np.ndarray:
         """Where the change of these sliders may show: the hair when every one is about the
@@ -96,6 +105,16 @@ def _likeness(dist: np.ndarray) -> np.ndarray:
     return np.clip((3.0 - dist) / 2.0, 0, 1)
 
 
+def textured(crop: np.ndarray, cheeks: np.ndarray) -> np.ndarray:
+    """(R, R) float32 in [0, 1]: where the crop has fine detail like hair's, by its local mean
+    |Laplacian| against the cheeks' (``cheeks``: a bool mask of them): 0 up to SMOOTH times the
+    cheeks', 1 from STRANDS times."""
+    fine = np.abs(cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F))
+    local = cv2.GaussianBlur(fine, (0, 0), FINE_SPAN * crop.shape[0])
+    skin = max(float(fine[cheeks].mean()), 1.0)
+    return np.clip((local / skin - SMOOTH) / (STRANDS - SMOOTH), 0, 1).astype(np.float32)
+
+
 def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Regions:
     """The region maps of the face whose crop of ``size`` pixels ``transform`` cuts from the
     photo ``pixels`` (H, W, 3 uint8). ``transform`` is the crop's own (photo -> ``size``)."""
@@ -132,4 +151,5 @@ def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Region
     # them: there only what has the hair's colour counts as hair.
     low = np.clip((v - 0.8) / 0.08, 0, 1)
     hair = hair * (1 - low * (1 - like_hair))
-    return Regions(_soften(person.astype(np.float32)), _soften(hair)).resized(size)
+    hair = _soften(hair)
+    return Regions(_soften(person.astype(np.float32)), hair, hair * textured(crop, cheeks)).resized(size)

@@ -475,7 +475,7 @@ class EditSession:
                 after = to_uint8((self.x + brushed * (plain - self.x))[0])
             grow = None
             if not torch.equal(self.z_base, self.z0):
-                grow = growth_map(self.crop_pixels, after, brushed[0, 0].cpu().numpy(), self.regions.hair)
+                grow = growth_map(self.crop_pixels, after, brushed[0, 0].cpu().numpy(), self.regions.strands)
             self._growth = (self.z_base.clone(), self.reach, grow if grow is not None and grow.any() else None, after)
         return self._growth[2], self._growth[3]
 
