@@ -199,6 +199,33 @@ def test_npe_eval_reports_brush_colour_in_cielab_on_the_exported_photo(tiny_mode
         assert all(np.isfinite(v) for v in figures.values())
 
 
+def test_npe_eval_scores_celeba_held_out_faces_whatever_else_the_cache_holds(tmp_path) -> None:
+    """Adding LFW to a prepared folder's cache (a training run does) must not move the figures."""
+    import json
+
+    from engine.tools.evaluate import load_eval_crops
+    from tests.test_train import make_cache
+
+    data = make_cache(tmp_path / "data", n=40, size=32)
+    before, source, _ = load_eval_crops(data, 32, 500)
+    assert source == "held-out split (celeba)"
+    assert len(before) == 8  # every fifth face is held out
+    meta_path = data / "aligned-32" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for it in meta["items"][20:]:
+        it["set"] = "lfw"
+    meta_path.write_text(json.dumps(meta))
+    celeba_only, _, _ = load_eval_crops(data, 32, 500)
+    assert len(celeba_only) == 4
+    assert np.array_equal(celeba_only, before[:4])
+    for it in meta["items"]:
+        it["set"] = "lfw"
+    meta_path.write_text(json.dumps(meta))
+    lfw, source, _ = load_eval_crops(data, 32, 500)  # no CelebA at all: the cache's own held-out faces
+    assert source == "held-out split"
+    assert np.array_equal(lfw, before)
+
+
 def test_npe_eval_measures_edits_on_whole_photos(tiny_model_dir, tmp_path, astronaut,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """Texture ratio and background change on photos at their own size (issue 13's figures)."""

@@ -244,13 +244,25 @@ def export_lab_metrics(engine: Engine, crops: np.ndarray, scale: int = 4,
     return out
 
 
+# The prepared sets whose held-out faces ``npe eval`` scores: every figure published so far is on
+# CelebA's.
+EVAL_SETS = ("celeba",)
+
+
 def load_eval_crops(data: Path, resolution: int, n: int, refiner: EyeRefiner | None = None
                     ) -> tuple[np.ndarray, str, int]:
-    """Held-out aligned faces from prepared data, or detected+aligned faces from a plain folder."""
+    """Held-out aligned faces from prepared data, or detected+aligned faces from a plain folder.
+    From prepared data the faces are CelebA's held-out ones (``EVAL_SETS``) whatever else the
+    cache holds, so that adding a set to it (LFW, for a training run) leaves every model's
+    figures comparable; a cache without CelebA gives its own held-out faces."""
     if (data / "celeba").is_dir() or any(data.glob("aligned-*/meta.json")):
-        test = AlignedFaces(aligned_cache(data, resolution), split="test")
+        cache = aligned_cache(data, resolution)
+        test = AlignedFaces(cache, split="test", sets=EVAL_SETS)
+        source = f"held-out split ({', '.join(EVAL_SETS)})"
+        if len(test) == 0:
+            test, source = AlignedFaces(cache, split="test"), "held-out split"
         rows = np.linspace(0, len(test) - 1, min(n, len(test))).astype(int)
-        return test.images(rows), "held-out split", 0
+        return test.images(rows), source, 0
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)
     crops: list[np.ndarray] = []
     missed = 0
