@@ -214,8 +214,9 @@ DARKER = (6.0, 20.0)
 def growth_map(before: np.ndarray, after: np.ndarray, brushed: np.ndarray, hair: np.ndarray) -> np.ndarray:
     """(R, R) float32 in [0, 1]: where a stroke grew hair over skin, in a face's crop.
     ``before``/``after``: the crop (R, R, 3 uint8) before and after the edit; ``brushed``: the
-    brush's blend weight there; ``hair``: the hair already there (``Regions.strands``), which keeps
-    its own strands. Dark paint on the eyes, nose, upper cheeks and lips is left as paint."""
+    brush's blend weight there; ``hair``: the hair already there with strands of its own
+    (``Regions.strands``), which keeps them. Dark paint on the eyes, nose, upper cheeks and lips
+    is left as paint."""
     size = before.shape[0]
     lightness = [cv2.cvtColor(im, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float32) * (100 / 255) for im in (before, after)]
     t = np.clip((lightness[0] - lightness[1] - DARKER[0]) / (DARKER[1] - DARKER[0]), 0, 1)
