@@ -255,6 +255,8 @@ def test_npe_eval_measures_edits_on_whole_photos(tiny_model_dir, tmp_path, astro
     assert figures["slider_background_change_255"] >= 0
     assert figures["slider_skin_change_255"] >= 0
     assert figures["slider_hair_change_255"] > figures["slider_background_change_255"]  # the edit is on the head
+    assert figures["slider_bare_forehead_change_255"] is None  # no Bangs labels in a plain folder
+    assert figures["bare_forehead_edits"] == 0
 
 
 def test_the_real_fringe_reference_finds_more_texture_on_foreheads_with_bangs(tmp_path, astronaut) -> None:

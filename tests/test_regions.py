@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
@@ -85,7 +86,6 @@ def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None
 def strand_portrait() -> np.ndarray:
     """The drawn portrait with strands combed into the left half of its hair above the face; the
     right half is smoother than the cheeks (a forehead lit unlike them, in the hair's colour)."""
-    import cv2
 
     img = drawn_portrait().astype(np.float32)
     ys, xs = np.mgrid[0:SIZE, 0:SIZE]
@@ -108,6 +108,32 @@ def test_only_hair_with_fine_detail_of_its_own_counts_as_strands() -> None:
     # only the combed side has strands to keep
     assert _template_mean(regions.strands, 0.25, 0.42, 0.12, 0.25) > 0.7
     assert _template_mean(regions.strands, 0.55, 0.68, 0.12, 0.25) < 0.1
+
+
+def forehead_portrait(strands: bool) -> np.ndarray:
+    """The drawn portrait with its forehead lit brighter and redder than its cheeks, smooth, or
+    under a fringe in the hair's colour, combed."""
+    img = drawn_portrait().astype(np.float32)
+    ys, xs = np.mgrid[0:SIZE, 0:SIZE]
+    u, v = (xs + 0.5) / SIZE, (ys + 0.5) / SIZE
+    band = ((np.abs(u - 0.5) < 0.17) & (v > 0.28) & (v < 0.43)).astype(np.float32)
+    if strands:
+        img[band > 0] = np.array(HAIR, np.float32) + (40 * np.sin(xs * 1.3 + 0.2 * ys))[band > 0][:, None]
+    else:  # skin that the light makes paler and pinker than the cheeks, fading in as light does
+        lit = np.array(SKIN, np.float32) + np.array([28.0, 30.0, 45.0])
+        w = cv2.GaussianBlur(band, (0, 0), 4)[..., None]
+        grain = np.random.default_rng(1).normal(0, 3, img.shape).astype(np.float32)
+        img = (1 - w) * img + w * (lit + grain)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_a_forehead_lit_unlike_the_cheeks_is_skin_and_a_fringe_over_it_is_hair() -> None:
+    t = whole_image_face(SIZE, SIZE).transform(64)
+    bare = find_regions(forehead_portrait(strands=False), t, 64)
+    assert _template_mean(bare.hair, 0.42, 0.58, 0.33, 0.38) < 0.2  # a hair colour leaves it
+    assert _template_mean(bare.hair, 0.4, 0.6, 0.1, 0.2) > 0.9  # the hair above stays hair
+    fringe = find_regions(forehead_portrait(strands=True), t, 64)
+    assert _template_mean(fringe.hair, 0.42, 0.58, 0.33, 0.38) > 0.7
 
 
 def test_a_stroke_grows_hair_except_where_the_photo_has_strands_of_its_own(engine, monkeypatch) -> None:

@@ -30,6 +30,8 @@ SOFTEN = 0.025
 HAIR_SLIDERS = frozenset({"black_hair", "blond_hair", "brown_hair", "gray_hair", "wavy_hair"})
 # The head with its hair in the canonical framing (centre x, y; radii x, y as crop fractions).
 HEAD_OUTLINE = (0.5, 0.45, 0.36, 0.42)
+# The middle of the forehead, above the brows (centre x, y; radii x, y as crop fractions).
+FOREHEAD = (0.5, 0.35, 0.08, 0.03)
 # Fine detail (local mean |Laplacian|, over this share of the crop) against the cheeks': up to
 # SMOOTH times theirs is skin's, from STRANDS times hair's.
 FINE_SPAN = 0.025
@@ -137,6 +139,16 @@ def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Region
     top = (np.abs(u - 0.5) < 0.14) & (v > 0.08) & (v < 0.22) & cut  # above the forehead: the hair's colour
     d_skin = _colour_distance(lab, lab[cheeks], floor=16.0)
     d_hair = _colour_distance(lab, lab[top], floor=25.0)
+    # A forehead is often lit unlike the cheeks (brighter, shinier, redder), and its colour then
+    # matched neither: a hair colour tinted it. Where it is as smooth as skin (a fringe or a hat
+    # brim has texture) and nearer the cheeks' colour than the hair's (a fair fringe is smooth
+    # too), its own colour is skin as well.
+    forehead = _ellipse(u, v, *FOREHEAD)
+    d_forehead = _colour_distance(lab, lab[forehead], floor=16.0)
+    texture = textured(crop, cheeks)
+    if (d_skin is not None and d_forehead is not None and texture[forehead].mean() < 0.5
+            and (d_hair is None or np.median(d_skin[forehead]) <= np.median(d_hair[forehead]))):
+        d_skin = np.minimum(d_skin, d_forehead)
     # skin: the cheeks' colour, and closer to it than to the hair's (fair hair is near fair skin)
     skin = np.zeros(lab.shape[:2], np.float32)
     if d_skin is not None:
@@ -152,4 +164,4 @@ def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Region
     low = np.clip((v - 0.8) / 0.08, 0, 1)
     hair = hair * (1 - low * (1 - like_hair))
     hair = _soften(hair)
-    return Regions(_soften(person.astype(np.float32)), hair, hair * textured(crop, cheeks)).resized(size)
+    return Regions(_soften(person.astype(np.float32)), hair, hair * texture).resized(size)

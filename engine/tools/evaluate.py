@@ -373,6 +373,9 @@ FRINGE = StrokeSpec("dark fringe", (35, 25, 20), 0.05, ((0.3, 0.3), (0.5, 0.27),
 HEAD_ENVELOPE = ((0.5, 0.5), (0.44, 0.56))  # centre, radii (template fractions)
 INNER_FACE = ((0.5, 0.62), (0.17, 0.2))  # eyes, nose, mouth and cheeks: skin a hair colour must not tint
 TOP_OF_HEAD = ((0.5, 0.2), (0.2, 0.07))  # above the forehead: hair on most heads, where a hair colour must show
+# The forehead above the brows: bare skin on a face without bangs (CelebA's label), which a hair
+# colour must not tint either.
+BARE_FOREHEAD = ((0.5, 0.36), (0.11, 0.035))
 
 
 def _laplacian_energy(pixels: np.ndarray) -> np.ndarray:
@@ -411,18 +414,24 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     (mean |Laplacian| of the export over the changed pixels / the photo's there: 1 keeps the
     photo's texture, > 1 adds texture) and the mean change (0..255) of the pixels beside and
     above the head (background), of the inner face (skin, which a hair colour must leave) and
-    of the top of the head (hair, where it must show). Every edit is scored as exported, with the
+    of the top of the head (hair, where it must show), and on photos labelled without bangs of the
+    bare forehead (skin too; ``slider_bare_forehead_change_255``). Every edit is scored as exported, with the
     hair detail pass; the fringe also without it (``fringe_texture_ratio_without_detail``). On a
     prepared folder, ``real_fringe`` gives the texture ratio a real fringe has there
     (``real_fringe_texture``), the fringe's reference."""
     listing = list_items(data, ("celeba",)) if (data / "celeba").is_dir() else None
+    bangs: dict[Path, bool] = {}  # the photos with a Bangs label: whether they have bangs
     if listing is not None:
         files = [data / it.file for it in listing[0] if _held_out(it.identity)]
         files = sorted(files, key=lambda f: -f.stat().st_size)[:n]  # the full-size ones first
+        if "Bangs" in listing[1]:
+            column = listing[1].index("Bangs")
+            bangs = {data / it.file: bool(it.attrs[column] > 0) for it in listing[0] if it.attrs is not None}
     else:
         files = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)[:n]
     sliders = [a for a in engine.attributes.attributes if a.name in ("blond_hair", "black_hair")]
     fringe, fringe_plain, slider_texture, background, skin, hair, sizes = [], [], [], [], [], [], []
+    forehead: list[float] = []
     skipped = 0
     for f in files:
         photo = load_photo(f)
@@ -442,6 +451,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
         outside = _photo_pixels_of(session, HEAD_ENVELOPE, inside=False)
         face = _photo_pixels_of(session, INNER_FACE, inside=True)
         top = _photo_pixels_of(session, TOP_OF_HEAD, inside=True)
+        bare = _photo_pixels_of(session, BARE_FOREHEAD, inside=True) if bangs.get(f) is False else None
         for a in sliders:
             session.set_sliders({a.name: 1.0})
             edited = session.composite(detail=True)
@@ -453,6 +463,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
                 skin.append(float(diff[face].mean()))
             if top.any():
                 hair.append(float(diff[top].mean()))
+            if bare is not None and bare.any():
+                forehead.append(float(diff[bare].mean()))
             session.set_sliders({})
     if not sizes:
         raise ValueError(f"no faces found in the photos of {data}")
@@ -470,7 +482,10 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
                               "sliders": [a.name for a in sliders],
                               "slider_background_change_255": mean(background),
                               "slider_skin_change_255": mean(skin),
-                              "slider_hair_change_255": mean(hair)}
+                              "slider_hair_change_255": mean(hair),
+                              # on the photos labelled without bangs (None: no labels)
+                              "slider_bare_forehead_change_255": mean(forehead),
+                              "bare_forehead_edits": len(forehead)}
     if listing is not None:
         out["real_fringe"] = real_fringe_texture(data, listing, engine.refiner)
     return out
