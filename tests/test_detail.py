@@ -150,7 +150,17 @@ def test_strokes_grow_strands_in_the_export_and_sliders_never(engine, astronaut,
     # a tiny random model's stroke darkens anything: the forehead is where hair grew
     forehead = _forehead(session.resolution)  # one map, as the session keeps its own while the edit stays
     monkeypatch.setattr(session, "growth", lambda: forehead)
+    from engine.core.detail import StrandLayer
+
+    bares: list[np.ndarray | None] = []
+    real_put = StrandLayer.put
+    def spy(self: StrandLayer, pic: np.ndarray, bare: np.ndarray | None = None) -> np.ndarray:
+        bares.append(bare)
+        return real_put(self, pic, bare)
+
+    monkeypatch.setattr(StrandLayer, "put", spy)
     plain, grown = session.composite(), session.composite(detail=True)
+    assert bares[-1] is session.photo.pixels  # the pores replaced are the photo's own, not the edit's edges
     changed = np.abs(grown.astype(np.int16) - plain.astype(np.int16)).max(axis=2) > 0
     assert changed[120:168, 170:340].mean() > 0.5
     assert not changed[300:].any()
@@ -236,3 +246,24 @@ def test_a_partial_growth_mixes_strands_and_pores_without_smoothing_them() -> No
     assert abs(float(mixed.mean()) - float(picture.mean())) < 1.0  # no change of colour
     none = StrandLayer((0, 0, 80, 80), np.zeros((80, 80), np.float32), strands, 1.0)
     assert np.array_equal(none.put(picture), picture)
+
+
+def test_strands_replace_the_photos_pores_and_keep_the_edits_own_edge() -> None:
+    """The fine detail replaced is the photo's own (its pores), not the sharp lower edge of the
+    dark stroke that the edit drew: taking that away drew a pale line along it."""
+    from engine.core.detail import StrandLayer
+
+    rng = np.random.default_rng(0)
+    bare = np.clip(190 + rng.normal(0, 8, (80, 80, 3)), 0, 255).astype(np.uint8)  # skin with pores
+    edited = bare.astype(np.float32)
+    edited[:40] -= 90  # a dark stroke over the top half, its lower edge sharp
+    edited = np.clip(edited, 0, 255).astype(np.uint8)
+    no_strands = StrandLayer((0, 0, 80, 80), np.ones((80, 80), np.float32), np.zeros((80, 80, 3), np.float32), 2.0)
+    out = no_strands.put(edited, bare).astype(np.float32)
+    # the pores are gone on both sides ...
+    assert out[5:30, 5:75].std() < 0.5 * edited[5:30, 5:75].astype(np.float32).std()
+    assert out[50:75, 5:75].std() < 0.5 * edited[50:75, 5:75].astype(np.float32).std()
+    # ... and the stroke keeps its edge: no lighter line just inside it
+    assert out[36:40].mean() < edited[36:40].astype(np.float32).mean() + 2
+    # taking the edited picture's own fine detail instead lightens the stroke along its edge
+    assert no_strands.put(edited).astype(np.float32)[36:40].mean() > edited[36:40].astype(np.float32).mean() + 10

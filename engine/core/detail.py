@@ -98,14 +98,17 @@ class StrandLayer:
     strands: np.ndarray  # (h, w, 3) float32: fine detail, 0..255 units
     sigma: float  # photo pixels: the blur that parts the photo's own fine detail from the rest
 
-    def put(self, picture: np.ndarray) -> np.ndarray:
+    def put(self, picture: np.ndarray, bare: np.ndarray | None = None) -> np.ndarray:
         """``picture`` with its fine detail replaced by the strands where the weight says. Where
         the weight is partial the two are mixed keeping their strength (weights whose squares sum
         to 1): a plain mix of two unrelated textures is smoother than either, a ring of smudge
-        around the hair."""
+        around the hair. The fine detail replaced is ``bare``'s, the picture before the edit
+        (its pores), when given: the edit's own edges stay. (The edited picture's fine detail also
+        holds the sharp lower edge of a dark stroke; taking that away drew a pale line along it.)"""
         x0, y0, x1, y1 = self.box
         box = picture[y0:y1, x0:x1].astype(np.float32)
-        own = box - cv2.GaussianBlur(box, (0, 0), self.sigma)  # the photo's own fine detail (pores)
+        source = box if bare is None else bare[y0:y1, x0:x1].astype(np.float32)
+        own = source - cv2.GaussianBlur(source, (0, 0), self.sigma)  # the photo's own fine detail (pores)
         w = self.weight[..., None]
         moved = box + np.sqrt(w) * self.strands + (np.sqrt(1 - w) - 1) * own
         out = picture.copy()
@@ -133,14 +136,15 @@ class HairDetail:
         return align.similarity_from_points(photo_eyes, align.CELEBA_ALIGNED_EYES * scale), scale
 
     def apply(self, export: np.ndarray, growth: np.ndarray, transform: np.ndarray, rendition: np.ndarray,
-              seed: int = 0) -> np.ndarray:
+              seed: int = 0, bare: np.ndarray | None = None) -> np.ndarray:
         """``export`` (H, W, 3 uint8) with its fine detail replaced by strands where ``growth``
         (R, R float32 in [0, 1] over the face's crop, ``growth_map``) says hair grew.
         ``rendition`` (R, R, 3 uint8): the face model's view of the edited crop, which the
-        network adds the detail to. The photo pixels the growth does not reach come back
+        network adds the detail to; ``bare``: the photo before the edit, whose fine detail is the
+        one replaced (``StrandLayer.put``). The photo pixels the growth does not reach come back
         unchanged, bit for bit."""
         layer = self.layer(export, growth, transform, rendition, seed)
-        return export if layer is None else layer.put(export)
+        return export if layer is None else layer.put(export, bare)
 
     @torch.inference_mode()
     def layer(self, export: np.ndarray, growth: np.ndarray, transform: np.ndarray, rendition: np.ndarray,

@@ -443,7 +443,7 @@ class EditSession:
         if detail and self.hair_detail is not None:
             layer = self.strands(out, scale)
             if layer is not None:
-                out = layer.put(out)
+                out = layer.put(out, self.photo.pixels if pixels is None else pixels)
         return out
 
     def strands(self, picture: np.ndarray, scale: float) -> StrandLayer | None:

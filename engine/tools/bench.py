@@ -159,7 +159,7 @@ def bench(args: BenchOptions) -> dict[str, object]:
             for _ in range(3):
                 t0 = time.perf_counter()
                 if grown is not None:
-                    engine.detail.apply(plain, grown, session.transform, rendition)
+                    engine.detail.apply(plain, grown, session.transform, rendition, bare=session.photo.pixels)
                 passes.append(time.perf_counter() - t0)
             out["detail_pass_ms"] = _ms(passes, 50)
             out["detail_grown_share"] = 0.0 if grown is None else round(float((grown > 0).mean()), 4)
