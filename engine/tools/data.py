@@ -30,6 +30,7 @@ from engine.core.faces import locate_eyes
 
 CACHE_VERSION = 2
 TEST_FRACTION_MOD = 10  # one identity in ten is held out
+PACK_SUFFIX = ".npepack"  # a cache packed into one file (engine.tools.pack)
 LAYOUT_HINT = "lay the data out as the README's 'Training your own model' describes"
 
 
@@ -105,6 +106,10 @@ def celeba_with_eyes(data_dir: Path, held_out: bool) -> tuple[list[Item], dict[s
     return items, table
 
 
+def _is_pack(path: Path) -> bool:
+    return path.suffix == PACK_SUFFIX and path.is_file()
+
+
 def list_items(data_dir: Path, sets: tuple[str, ...]) -> tuple[list[Item], list[str]]:
     items: list[Item] = []
     names: list[str] = []
@@ -159,7 +164,14 @@ def align_item(item: Item, data_dir: Path, size: int,
 
 def build_cache(data_dir: Path, size: int, sets: tuple[str, ...] = ("celeba", "lfw"),
                 locate: Callable[[np.ndarray], np.ndarray | None] | None = None) -> Path:
-    """Align every image of ``sets`` into ``DIR/aligned-SIZE`` (skipped if up to date)."""
+    """Align every image of ``sets`` into ``DIR/aligned-SIZE`` (skipped if up to date). A pack
+    (``engine.tools.pack``) holds its cache already: it must hold ``sets`` at ``size``."""
+    if _is_pack(data_dir):
+        cache = aligned_cache(data_dir, size)
+        packed = json.loads((cache / "meta.json").read_text())["sets"]
+        if not set(sets) <= set(packed):
+            raise ValueError(f"{data_dir} packs the sets {', '.join(packed)}, not {', '.join(sets)}")
+        return cache
     out = data_dir / f"aligned-{size}"
     meta_path = out / "meta.json"
     if meta_path.exists():
@@ -209,7 +221,15 @@ def build_cache(data_dir: Path, size: int, sets: tuple[str, ...] = ("celeba", "l
 
 
 def aligned_cache(data_dir: Path, size: int) -> Path:
-    """The aligned cache for ``size``: the one already built, else built from the sets present."""
+    """The aligned cache for ``size``: the one already built, else built from the sets present
+    (a pack: its own, unpacked beside it on first use)."""
+    if _is_pack(data_dir):
+        from engine.tools.pack import unpacked_folder  # the pack module reads caches with this one
+
+        folder = unpacked_folder(data_dir)
+        if not (folder / f"aligned-{size}" / "meta.json").is_file():
+            raise ValueError(f"{data_dir} packs faces of another size than {size} px: pack them at {size} px")
+        return folder / f"aligned-{size}"
     cache = data_dir / f"aligned-{size}"
     if (cache / "meta.json").exists():
         return cache

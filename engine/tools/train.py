@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,10 @@ class TrainOptions:
     # folder (its live encoder and decoder, and its discriminator and classifier)
     init_from: str = ""
     fade_steps: int = 2000  # a model grown to twice the resolution fades its new layers in over these steps
+    # train for this many minutes of wall clock (0: off), start-up and the last export included:
+    # the run measures its pace and sets `steps` to what fits, the decay start (`lr_decay_from`)
+    # kept at the same share of the steps it trains; for a machine lent for a fixed time
+    minutes: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "model": self.model.to_dict()}
@@ -183,22 +187,24 @@ class Trainer:
 
     # ---- data -------------------------------------------------------------------
     def load_data(self) -> None:
-        cache = build_cache(Path(self.opts.data), self.cfg.resolution, tuple(self.opts.sets.split(",")))
+        sets = tuple(self.opts.sets.split(","))
+        cache = build_cache(Path(self.opts.data), self.cfg.resolution, sets)
         if self.world > 1:
             dist.barrier()
-        self.train_set = AlignedFaces(cache, split="train")
-        self.test_set = AlignedFaces(cache, split="test")
+        self.train_set = AlignedFaces(cache, split="train", sets=sets)
+        self.test_set = AlignedFaces(cache, split="test", sets=sets)
         missing = [a for a in self.cfg.attributes if a not in self.train_set.attribute_names]
         if missing:
             raise ValueError(f"the data has no labels for {', '.join(missing)}: a conditioned model needs CelebA")
         self.label_columns = [self.train_set.attribute_names.index(a) for a in self.cfg.attributes]
         if len(self.train_set) < self.opts.batch_size:
             raise ValueError(f"only {len(self.train_set)} training images for batch size {self.opts.batch_size}")
-        fixed = np.linspace(0, len(self.test_set) - 1, 8).astype(int)
-        self.fixed_x = to_tensor(self.test_set.images(fixed)).to(self.device)
+        shown = self.test_set if len(self.test_set) else self.train_set  # a pack's later part alone has none held out
+        fixed = np.linspace(0, len(shown) - 1, 8).astype(int)
+        self.fixed_x = to_tensor(shown.images(fixed)).to(self.device)
         g = torch.Generator().manual_seed(1234)
         self.fixed_z = torch.randn(16, self.cfg.latent_dim, generator=g).to(self.device)
-        self.fixed_a = torch.from_numpy(self.test_set.labels(fixed)[:, self.label_columns].astype(np.float32))
+        self.fixed_a = torch.from_numpy(shown.labels(fixed)[:, self.label_columns].astype(np.float32))
         self.fixed_a = self.fixed_a.to(self.device)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -480,8 +486,38 @@ class Trainer:
             trained_images=self.step * self.opts.batch_size, training_sets=self.opts.sets.split(","))
 
     # ---- loop ---------------------------------------------------------------------
+    PACE_FROM, PACE_EVERY = 10, 50  # steps: the first ones compile and tune; then the pace is refitted this often
+
+    @staticmethod
+    def minutes_reserve(minutes: float) -> float:
+        """Seconds of ``--minutes`` kept back for the last checkpoint and export."""
+        return 10.0 + 1.8 * minutes
+
+    def fit_to_minutes(self, t_start: float, pace_since: tuple[int, float], given: tuple[int, TrainOptions]) -> None:
+        """``--minutes``: set ``steps`` to what the time left allows at the pace measured since
+        ``pace_since`` (step, time), keeping back time for the last checkpoint and export. The
+        decay start keeps its share of the steps that ``given`` (this invocation's first step
+        and options as given) asked for."""
+        o, now = self.opts, time.perf_counter()
+        pace = (now - pace_since[1]) / max(1, self.step - pace_since[0])
+        # the export re-estimates batch norm on 30 batches: about 15 steps' time (0.3 s on a GPU, minutes on a CPU)
+        left = o.minutes * 60.0 - (now - t_start) - self.minutes_reserve(o.minutes) - 15 * pace
+        steps = self.step + max(0, int(left / pace)) if left > 0 else self.step
+        if self.world > 1:  # every process stops at the first's step
+            t = torch.tensor([steps], device=self.device)
+            dist.broadcast(t, 0)
+            steps = int(t.item())
+        first, asked = given
+        decay = 0
+        if asked.lr_decay_from and asked.steps > asked.lr_decay_from:
+            share = max(0.0, (asked.lr_decay_from - first) / (asked.steps - first))
+            decay = first + round(share * (steps - first))
+        if steps != o.steps:
+            self.opts = replace(o, steps=steps, lr_decay_from=decay)
+
     def run(self) -> None:
         o = self.opts
+        t_start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         if o.resume and (self.out / "state.safetensors").exists():
             self.load_state()
@@ -498,10 +534,24 @@ class Trainer:
         log = (self.out / "log.jsonl").open("a") if self.rank == 0 else None
         t0, seen = time.perf_counter(), 0
         sums: dict[str, float] = {}
+        given, pace_since = (self.step, o), (self.step, t0)
+        deadline = t_start + o.minutes * 60.0 - self.minutes_reserve(o.minutes)
         while self.step < o.steps:
             losses = self.train_step(self.batch(self.step))
             self.step += 1
             seen += o.batch_size
+            now = time.perf_counter()
+            if o.minutes and self.step - given[0] == self.PACE_FROM:
+                pace_since = (self.step, now)
+            if o.minutes and (now > deadline or self.step - given[0] > self.PACE_FROM
+                              and self.step % self.PACE_EVERY == 0):
+                self.fit_to_minutes(t_start, pace_since, given)
+                if self.opts.steps != o.steps:
+                    o = self.opts
+                    bar.total = o.steps
+                    if log is not None:
+                        log.write(json.dumps({"step": self.step, "fitted_steps": o.steps,
+                                              "lr_decay_from": o.lr_decay_from}) + "\n")
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             if self.step % o.log_every == 0 or self.step == o.steps:

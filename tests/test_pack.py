@@ -1,0 +1,132 @@
+"""Packs: a data folder's aligned faces as small WebP files that travel to a lent machine, and
+training that fits a wall-clock budget there."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.tools.data import AlignedFaces, aligned_cache, build_cache
+from engine.tools.pack import PackOptions, pack_parts, write_pack
+from engine.tools.train import Trainer, train
+from tests.test_train import make_cache, tiny_options
+
+
+def smooth_cache(data_dir: Path, n: int = 40, size: int = 32) -> Path:
+    """``make_cache``'s folder with smooth pictures (random noise is what WebP keeps worst)."""
+    make_cache(data_dir, n, size)
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    images = np.stack([np.stack([(np.sin(6 * xx * f[0] + f[1]) + np.cos(5 * yy * f[2])) * 60 + 120 + c * 10
+                                 for c in range(3)], -1) for f in rng.uniform(0.3, 1.5, (n, 3))])
+    np.save(data_dir / f"aligned-{size}" / "images.npy", images.clip(0, 255).astype(np.uint8))
+    return data_dir
+
+
+def test_a_pack_unpacks_to_the_same_faces_labels_and_split(tmp_path: Path) -> None:
+    data = smooth_cache(tmp_path / "data")
+    report = write_pack(PackOptions(data=str(data), out=str(tmp_path / "p" / "faces.npepack"), resolution=32,
+                                    sets="celeba", quality=90, test=3))
+    assert report["train"] == 32  # 8 of the 40 are held out; 3 of them travel
+    assert report["test"] == 3
+    packed = AlignedFaces(aligned_cache(tmp_path / "p" / "faces.npepack", 32))
+    original = AlignedFaces(data / "aligned-32")
+    where = {it["file"]: i for i, it in enumerate(original.items)}
+    rows = np.array([where[it["file"]] for it in packed.items])
+    assert [it for it in packed.items] == [original.items[r] for r in rows]
+    assert np.array_equal(packed.labels(), original.labels(rows))
+    error = np.abs(packed.images(np.arange(len(packed))).astype(float) - original.images(rows).astype(float))
+    assert error.mean() < 4, error.mean()
+    assert sum(it["split"] == "test" for it in packed.items) == 3
+
+
+def test_a_large_pack_splits_into_parts_and_any_part_brings_the_others(tmp_path: Path) -> None:
+    data = smooth_cache(tmp_path / "data", n=60)
+    out = tmp_path / "p" / "faces.npepack"
+    # a limit below one face's size puts every face in a part of its own
+    write_pack(PackOptions(data=str(data), out=str(out), resolution=32, sets="celeba", max_mb=1.0001, test=2))
+    parts = pack_parts(out)
+    assert len(parts) == 50
+    assert parts[0] == out
+    assert parts[1].name == "faces-2.npepack"
+    assert pack_parts(parts[7]) == parts
+    first = json.loads((aligned_cache(parts[3], 32) / "meta.json").read_text())["items"]
+    assert [it["split"] for it in first[:2]] == ["test", "test"]  # the grid faces come in the first part
+    assert len(first) == 50
+
+    # a part missing (one call brought it, the next machine is a fresh one): what is there is
+    # used, and the folder is unpacked again when the part arrives
+    kept = parts[1].read_bytes()
+    parts[1].unlink()
+    assert len(AlignedFaces(aligned_cache(out, 32))) == 49
+    parts[1].write_bytes(kept)
+    assert len(AlignedFaces(aligned_cache(out, 32))) == 50
+
+
+def test_a_pack_trains_like_the_folder_and_checks_what_is_asked_of_it(tmp_path: Path) -> None:
+    from engine.core.checkpoint import load_model
+
+    data = make_cache(tmp_path / "data")
+    pack = tmp_path / "faces.npepack"
+    write_pack(PackOptions(data=str(data), out=str(pack), resolution=32, sets="celeba"))
+    run = train(tiny_options(pack, tmp_path / "run"))
+    assert load_model(run / "model").meta["trained_steps"] == 4
+    with pytest.raises(ValueError, match="packs the sets celeba, not celeba, lfw"):
+        build_cache(pack, 32, ("celeba", "lfw"))
+    with pytest.raises(ValueError, match="another size than 64 px"):
+        aligned_cache(pack, 64)
+
+
+def test_a_later_part_alone_trains_with_its_own_faces_in_the_grids(tmp_path: Path) -> None:
+    data = make_cache(tmp_path / "data")
+    write_pack(PackOptions(data=str(data), out=str(tmp_path / "faces.npepack"), resolution=32, sets="celeba",
+                           max_mb=1.014, test=8))  # random noise: about 900 bytes a face, 16 faces to a part
+    (tmp_path / "faces.npepack").unlink()  # the part with the held-out faces
+    run = train(tiny_options(tmp_path / "faces-2.npepack", tmp_path / "run", steps=2))
+    assert (run / "grid-0000002.png").is_file()
+
+
+def test_a_damaged_pack_or_a_bad_name_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npepack"
+    bad.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="not a readable face pack"):
+        aligned_cache(bad, 32)
+    data = make_cache(tmp_path / "data")
+    for name in ("faces.zip", "faces-2.npepack"):
+        with pytest.raises(ValueError, match="a pack's name ends in"):
+            write_pack(PackOptions(data=str(data), out=str(tmp_path / name), resolution=32, sets="celeba"))
+
+
+def test_minutes_fit_the_steps_to_the_time_left_and_keep_the_decay_share(tmp_path: Path) -> None:
+    data = make_cache(tmp_path / "data")
+    t = Trainer(tiny_options(data, tmp_path / "run", minutes=1.0, steps=10_000, lr_decay_from=6_000))
+    given = (0, t.opts)
+    t.step = 200
+    now = time.perf_counter()
+    # 30 s gone, 0.1 s a step: 60 - 30 - (10 + 1.8) s of reserve - 15 steps for the export leaves 16.7 s
+    t.fit_to_minutes(now - 30.0, (100, now - 10.0), given)
+    assert abs(t.opts.steps - 367) <= 1
+    assert abs(t.opts.lr_decay_from - 0.6 * t.opts.steps) <= 1
+    t.fit_to_minutes(now - 59.0, (100, now - 10.0), given)  # past the budget: stop here
+    assert t.opts.steps == 200
+
+
+def test_a_run_with_minutes_stops_in_time_and_exports(tmp_path: Path) -> None:
+    from engine.core.checkpoint import load_model
+
+    data = make_cache(tmp_path / "data")
+    t0 = time.perf_counter()
+    run = train(tiny_options(data, tmp_path / "run", minutes=0.2, steps=10**7, image_every=10**7,
+                             checkpoint_every=10**7, export_every=10**7, log_every=10**7))
+    assert time.perf_counter() - t0 < 20
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    fitted = [r["fitted_steps"] for r in logs if "fitted_steps" in r]
+    assert fitted
+    assert fitted[-1] < 10**7
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == fitted[-1] == state["options"]["steps"]
+    assert load_model(run / "model").meta["trained_steps"] == fitted[-1]
