@@ -4,16 +4,22 @@ training that fits a wall-clock budget there."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from engine.tools.data import AlignedFaces, aligned_cache, build_cache
 from engine.tools.pack import PackOptions, pack_parts, write_pack
 from engine.tools.train import Trainer, train
-from tests.test_train import make_cache, tiny_options
+from tests.test_train import ROOT, make_cache, tiny_options
 
 
 def smooth_cache(data_dir: Path, n: int = 40, size: int = 32) -> Path:
@@ -130,3 +136,51 @@ def test_a_run_with_minutes_stops_in_time_and_exports(tmp_path: Path) -> None:
     state = json.loads((run / "state.json").read_text())
     assert state["step"] == fitted[-1] == state["options"]["steps"]
     assert load_model(run / "model").meta["trained_steps"] == fitted[-1]
+
+
+def test_half_precision_weights_load_as_they_are(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The lent GPU returns a run's weights in half precision (gpu_train.sh): the loader takes them."""
+    from safetensors.torch import load_file, save_file
+
+    from engine.core.checkpoint import load_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    full = load_model(folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    halved = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(halved, str(folder / "model.safetensors"))
+    half = load_model(folder)
+    z = torch.randn(2, full.config.latent_dim)
+    assert half.model.decoder(z).dtype == torch.float32
+    assert torch.allclose(half.model.decoder(z), full.model.decoder(z), atol=2e-2)
+
+
+@pytest.mark.slow
+def test_the_gpu_script_trains_each_recipe_and_returns_weights_and_logs(tmp_path: Path) -> None:
+    """engine/tools/gpu_train.sh as the lent machine runs it (here on the CPU, a tiny model)."""
+    from engine.core.checkpoint import load_model
+
+    work = tmp_path / "repo"
+    (work / ".pack").mkdir(parents=True)
+    write_pack(PackOptions(data=str(make_cache(tmp_path / "data")), out=str(work / ".pack" / "faces.npepack"),
+                           resolution=32, sets="celeba"))
+    tiny = ("--resolution 32 --latent-dim 16 --decoder-channels 16,12,8,8 --encoder-channels 4,8,8 "
+            "--discriminator-channels 4,8,8 --batch-size 8 --sets celeba --device cpu --image-every 5")
+    (work / "recipes.txt").write_text(f"# two runs\nsmall {tiny}\n\nsmall-lr {tiny} --lr 1e-3\n")
+    out, store = tmp_path / "out", tmp_path / "store"
+    env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(ROOT), "NPE_STORE": str(store),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run(["bash", str(ROOT / "engine" / "tools" / "gpu_train.sh"), "0.2", "recipes.txt"], cwd=work,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["runs.tar", "small-lr.safetensors", "small.safetensors"]
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with tarfile.open(out / "runs.tar") as tar:
+        tar.extractall(runs, filter="data")
+    for name in ("small", "small-lr"):
+        (out / f"{name}.safetensors").rename(runs / name / "model" / "model.safetensors")
+        assert load_model(runs / name / "model").config.resolution == 32
+        assert (runs / name / "log.jsonl").is_file()
+        assert list((runs / name).glob("grid-*.png"))

@@ -3,33 +3,59 @@
 # session with the machine's start, 64 MiB of working tree out, 8 files of 16 MiB back).
 # From the repository root there:
 #
-#   bash engine/tools/gpu_train.sh MINUTES RUN_NAME [npe train options]
+#   bash engine/tools/gpu_train.sh MINUTES RECIPES    # RECIPES: a file, a line "NAME npe-train-options" a run
+#   bash engine/tools/gpu_train.sh keep               # only store the pack parts this call carries
 #
 # Data: the parts of a pack (`npe pack --resolution 128 --max-mb 25 --out .pack/faces.npepack`)
 # that this call carries in .pack/, with any that an earlier call on the same machine (still
-# warm) left in /tmp/npe-pack/: carry the first part in one call (`bash engine/tools/gpu_train.sh
-# keep`), the second in the next. Trains for MINUTES, start-up and the export included
-# (`npe train --minutes`), then leaves in $OUT the model folder (its weights in 15 MiB pieces:
-# `cat model.safetensors.?? > model.safetensors` joins them), the run's log and its last grid.
+# warm) stored in /tmp/npe-pack/ ($NPE_STORE instead of /tmp if set). The runs (at most 4)
+# train side by side on the one GPU for MINUTES each, start-up and the export included
+# (`npe train --minutes`). Back in $OUT: each run's weights as NAME.safetensors (half
+# precision: 15 MB for the 128-px model; the loader takes them as they are) and runs.tar (each
+# run's config.json, logs, options and last grid): `tar -xf runs.tar -C runs && mv
+# NAME.safetensors runs/NAME/model/model.safetensors` makes each a model folder again.
 set -euo pipefail
-usage="usage: gpu_train.sh MINUTES RUN_NAME [npe train options] | gpu_train.sh keep"
+usage="usage: gpu_train.sh MINUTES RECIPES | gpu_train.sh keep"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-mkdir -p /tmp/npe-pack
-if compgen -G ".pack/*.npepack" >/dev/null; then cp .pack/*.npepack /tmp/npe-pack/; fi
-echo "parts on this machine: $(cd /tmp/npe-pack && ls *.npepack 2>/dev/null | tr '\n' ' ')"
+packs=${NPE_STORE:-/tmp}/npe-pack
+runs=${NPE_STORE:-/tmp}/npe-runs
+mkdir -p "$packs"
+if compgen -G ".pack/*.npepack" >/dev/null; then cp .pack/*.npepack "$packs/"; fi
+echo "pack parts on this machine: $(cd "$packs" && ls ./*.npepack 2>/dev/null | tr '\n' ' ')"
 [ "${1:-}" = keep ] && exit 0
 minutes=${1:?$usage}
-name=${2:?$usage}
-shift 2
-first=$(ls /tmp/npe-pack/*.npepack 2>/dev/null | head -1)
+recipes=${2:?$usage}
+first=$(ls "$packs"/*.npepack 2>/dev/null | head -1 || true)
 [ -n "$first" ] || { echo "no pack parts: carry .pack/ (npe pack ... --out .pack/faces.npepack)" >&2; exit 2; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-run=/tmp/npe-runs/$name
-python3 -m engine.tools.cli train --data "$first" --out "$run" --minutes "$minutes" "$@"
-out=${OUT:-$run/out}
+python3 -c "import sys; from pathlib import Path; from engine.tools.pack import unpacked_folder
+print('unpacked into', unpacked_folder(Path(sys.argv[1])))" "$first"  # once, before the runs share it
+
+names=()
+while read -r name options; do
+  [[ -z "$name" || "$name" == \#* ]] && continue
+  names+=("$name")
+  mkdir -p "$runs/$name"
+  # shellcheck disable=SC2086  # the options are words
+  OMP_NUM_THREADS=4 python3 -m engine.tools.cli train --data "$first" --out "$runs/$name" --minutes "$minutes" \
+    $options > "$runs/$name/train.log" 2>&1 &
+done < "$recipes"
+[ ${#names[@]} -ge 1 ] && [ ${#names[@]} -le 4 ] || { echo "RECIPES names 1 to 4 runs" >&2; exit 2; }
+failed=0
+for job in $(jobs -p); do wait "$job" || failed=1; done
+
+out=${OUT:-$runs/out}
 mkdir -p "$out"
-cp "$run/model/config.json" "$run/log.jsonl" "$out/"
-grid=$(ls "$run"/grid-*.png 2>/dev/null | tail -1 || true)
-[ -z "$grid" ] || cp "$grid" "$out/"
-split -b 15M -d "$run/model/model.safetensors" "$out/model.safetensors."
+small=()
+for name in "${names[@]}"; do
+  tail -c 2000 "$runs/$name/train.log" | tr '\r' '\n' | tail -4
+  [ -f "$runs/$name/model/model.safetensors" ] || { echo "$name: no model"; continue; }
+  python3 -c "import sys; from safetensors.torch import load_file, save_file
+t = load_file(sys.argv[1]); save_file({k: v.half() if v.is_floating_point() else v for k, v in t.items()}, sys.argv[2])" \
+    "$runs/$name/model/model.safetensors" "$out/$name.safetensors"
+  grid=$(cd "$runs" && ls "$name"/grid-*.png 2>/dev/null | tail -1 || true)
+  small+=("$name/model/config.json" "$name/log.jsonl" "$name/options-history.jsonl" "$name/train.log" $grid)
+done
+tar -cf "$out/runs.tar" -C "$runs" "${small[@]}"
 ls -l "$out"
+exit $failed
