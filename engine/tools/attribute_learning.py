@@ -5,7 +5,8 @@
     2. per attribute, fits a linear boundary on the latents (Gaussian classes with the
        prior's identity covariance, see ``fit_direction``); the unit normal is the direction,
        and one slider unit is the distance between the mean latents of faces with and
-       without the attribute;
+       without the attribute; then each direction is turned, its length kept, towards where
+       the decoder draws the attribute (``engine.tools.slider_guide``, ``--guide-steps``);
     3. finds correlated attributes (by their labels) to hold fixed by default
        (conditional editing, as in InterFaceGAN);
     4. adds the top principal directions of the latents (as GANSpace does) as unlabelled
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +38,7 @@ from engine.core.judge import AttributeJudge, judge_scores, save_judge
 from engine.core.model_folder import ModelFolder
 from engine.core.pipeline import Engine
 from engine.tools.data import AlignedFaces, aligned_cache
+from engine.tools.slider_guide import guide_direction, train_guide
 
 if TYPE_CHECKING:  # evaluate imports this module
     from engine.tools.evaluate import EvalOptions
@@ -139,6 +142,21 @@ def fit_direction(latents: np.ndarray, positive: np.ndarray, name: str) -> Direc
     said = proj > threshold
     acc = float((said[positive].mean() + (~said[~positive]).mean()) / 2)  # balanced accuracy
     return Direction(name, d.astype(np.float32), step, acc)
+
+
+def guide_sliders(engine: Engine, attrs: list[Attribute], vectors: list[np.ndarray], latents: np.ndarray,
+                  labels: np.ndarray, names: list[str], photos: Callable[[np.ndarray], np.ndarray],
+                  iterations: int) -> None:
+    """Replace each latent slider's vector by its direction turned through the decoder
+    (``slider_guide``); ``labels`` and ``photos`` are the encoded faces' (rows of ``latents``)."""
+    sliders = [(i, a) for i, a in enumerate(attrs) if a.kind is SliderKind.DIRECTION]
+    signed = np.stack([labels[:, names.index(SLIDERS[a.name][1])] * SLIDERS[a.name][2] for _, a in sliders], 1)
+    guide = train_guide(photos, signed.astype(np.float32))
+    decoder = engine.loaded.model.decoder
+    for k, (i, a) in enumerate(tqdm(sliders, desc="turning the sliders through the decoder", unit="slider")):
+        without = np.nonzero(signed[:, k] < 0)[0]
+        vectors[i] = guide_direction(decoder, guide, k, vectors[i], a.step, latents, photos, without, iterations,
+                                     seed=k)
 
 
 def label_holds(labels: np.ndarray, names: list[str]) -> dict[str, tuple[str, ...]]:
@@ -272,6 +290,9 @@ class AttributeOptions:
     retrain_judge: bool = False
     weights: str | None = None
     device: str = "auto"
+    # turn each latent slider's direction through the decoder, against a guide classifier
+    # (engine.tools.slider_guide), for this many Adam steps (0: the plain mean difference)
+    guide_steps: int = 150
 
 
 def learn_attributes(args: AttributeOptions) -> dict[str, object]:
@@ -311,6 +332,9 @@ def learn_attributes(args: AttributeOptions) -> dict[str, object]:
         attrs.append(Attribute(name, label, d.step, note=f"latent accuracy {d.latent_accuracy:.3f}",
                                default_hold=holds.get(name, ())))
         vectors.append(d.vector)
+    if args.guide_steps:
+        guide_sliders(engine, attrs, vectors, latents, lab, names, lambda rows: train.images(keep[rows]),
+                      args.guide_steps)
     for d in pca_directions(latents):
         attrs.append(Attribute(d.name, f"Latent direction {d.name[2:]}", d.step, kind=SliderKind.PRINCIPAL,
                                note="principal direction of encoded training faces (unlabelled)"))

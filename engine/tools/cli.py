@@ -372,6 +372,9 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
     p.add_argument("--out", help="model folder to write to (default: the --weights folder)")
     p.add_argument("--n", type=int, default=0, help="training faces to encode (0: all)")
     p.add_argument("--retrain-judge", action="store_true", help="train the attribute judge again")
+    p.add_argument("--guide-steps", type=int, default=None,
+                   help="turn each slider's direction through the decoder for this many steps, against a guide "
+                        "classifier trained on the photos (default 150; 0: the plain mean difference)")
     _add_common(p)
 
     p = sub.add_parser("landmarks", help="train the eye-landmark refiner")
