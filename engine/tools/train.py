@@ -543,8 +543,8 @@ class Trainer:
             now = time.perf_counter()
             if o.minutes and self.step - given[0] == self.PACE_FROM:
                 pace_since = (self.step, now)
-            if o.minutes and (now > deadline or self.step - given[0] > self.PACE_FROM
-                              and self.step % self.PACE_EVERY == 0):
+            late = now > deadline and self.world == 1  # several processes refit on the same steps only
+            if o.minutes and (late or self.step - given[0] > self.PACE_FROM and self.step % self.PACE_EVERY == 0):
                 self.fit_to_minutes(t_start, pace_since, given)
                 if self.opts.steps != o.steps:
                     o = self.opts
