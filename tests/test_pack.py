@@ -184,3 +184,15 @@ def test_the_gpu_script_trains_each_recipe_and_returns_weights_and_logs(tmp_path
         assert load_model(runs / name / "model").config.resolution == 32
         assert (runs / name / "log.jsonl").is_file()
         assert list((runs / name).glob("grid-*.png"))
+
+
+def test_packing_again_replaces_its_own_parts_and_leaves_other_packs(tmp_path: Path) -> None:
+    data = make_cache(tmp_path / "data")
+    out = tmp_path / "faces.npepack"
+    write_pack(PackOptions(data=str(data), out=str(out), resolution=32, sets="celeba", max_mb=1.014))
+    assert len(pack_parts(out)) >= 3
+    other = tmp_path / "faces-other-3.npepack"  # another pack whose name only looks like a part
+    other.write_bytes(b"kept")
+    write_pack(PackOptions(data=str(data), out=str(out), resolution=32, sets="celeba"))
+    assert pack_parts(out) == [out]
+    assert other.read_bytes() == b"kept"

@@ -99,8 +99,8 @@ def write_pack(opts: PackOptions) -> dict[str, object]:
             size = 0
         parts[-1].append(pos)
         size += len(blob)
-    for old in out.parent.glob(f"{out.stem}-*{PACK_SUFFIX}"):  # parts of an earlier pack of this name
-        if _PART.match(old.stem)["part"]:  # type: ignore[index]
+    for old in pack_parts(out):  # the numbered parts of an earlier pack of this name
+        if old != out:
             old.unlink()
     written = []
     for k, part in enumerate(parts, 1):
