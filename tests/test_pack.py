@@ -136,6 +136,7 @@ def test_a_run_with_minutes_stops_in_time_and_exports(tmp_path: Path) -> None:
     state = json.loads((run / "state.json").read_text())
     assert state["step"] == fitted[-1] == state["options"]["steps"]
     assert load_model(run / "model").meta["trained_steps"] == fitted[-1]
+    assert [p.name for p in run.glob("grid-*.png")] == [f"grid-{fitted[-1]:07d}.png"]  # the last step's grid
 
 
 def test_half_precision_weights_load_as_they_are(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -567,7 +567,7 @@ class Trainer:
             bar.update(1)
             if not all(math.isfinite(v) for v in losses.values()):
                 raise FloatingPointError(f"loss became NaN/inf at step {self.step}: {losses}")
-            if self.step % o.image_every == 0:
+            if self.step % o.image_every == 0 or self.step == o.steps:  # the last grid shows the exported model
                 self.write_grids()
             if self.step % o.checkpoint_every == 0 or self.step == o.steps:
                 self.save_state()
