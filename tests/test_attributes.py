@@ -219,3 +219,36 @@ def test_learning_and_judging_sliders_end_to_end(tiny_model_dir: Path, tmp_path:
 
     with Image.open(grid) as im:
         assert im.size[1] > 3 * TINY.resolution  # a row per slider
+
+
+def test_colour_sliders_are_measured_against_how_real_photos_differ(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`npe eval --attributes`' colour figures: held-out photos labelled black-haired are darker at
+    the top of the head, and the slider's CIELAB change there is reported at +1 and +2."""
+    from engine.core.pipeline import Engine
+    from engine.tools.attribute_learning import colour_against_real, hair_top_region
+    from engine.tools.data import AlignedFaces, aligned_cache
+    from tests.test_train import make_cache
+
+    data = make_cache(tmp_path / "data", n=200, size=TINY.resolution)
+    cache = data / f"aligned-{TINY.resolution}"
+    rng = np.random.default_rng(3)
+    black = rng.choice(np.array([-1, 1], np.int8), 200)
+    images = np.load(cache / "images.npy")
+    top = hair_top_region(TINY.resolution).numpy()
+    images[:, top] = np.where(black[:, None, None] > 0, 30, 160).astype(np.uint8)  # dark hair, or light
+    np.save(cache / "images.npy", images)
+    np.save(cache / "labels.npy", np.stack([black, -black], 1))
+    meta = json.loads((cache / "meta.json").read_text())
+    meta["attribute_names"] = ["Black_Hair", "Blond_Hair"]
+    (cache / "meta.json").write_text(json.dumps(meta))
+    engine = Engine.load(str(tiny_model_dir), "cpu")
+    v = torch.randn(2, TINY.latent_dim)
+    attrs = AttributeSet([Attribute("black_hair", "Black hair", 2.0), Attribute("smiling", "Smiling", 2.0)],
+                         v / v.norm(dim=1, keepdim=True))
+    test = AlignedFaces(aligned_cache(data, TINY.resolution), split="test", sets=("celeba",))
+    report = colour_against_real(engine, attrs, test, n=40)
+    assert set(report) == {"black_hair"}  # smiling is no colour; blond hair has no slider here
+    entry = report["black_hair"]
+    assert entry["real_with_less_without"][0] < -30  # L*: black hair is darker
+    assert {"slider_at_+1", "slider_at_+2"} <= set(entry)
+    assert all(len(entry[k]) == 3 and np.isfinite(entry[k]).all() for k in ("slider_at_+1", "slider_at_+2"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -313,3 +314,35 @@ def test_models_of_other_resolutions_are_scored_on_the_same_faces_at_the_same_si
     assert half["psnr"] < 20
     assert half["sharpness"] < 0.3
     assert reconstruction_metrics(_Identity(), faces) == own  # no resolution given: read as they come
+
+
+def test_a_slider_change_loses_its_colour_speckle_not_its_lightness_or_its_tint() -> None:
+    """The decoder's change carries pixel-sized green / purple speckle; the paste-back would enlarge
+    it into blotches. Its colour is smoothed: the speckle goes, the change's lightness detail and
+    its overall tint stay."""
+    from engine.core.edit import smooth_chroma
+
+    def opponent(t: torch.Tensor) -> torch.Tensor:  # lightness, red - green, yellow - blue
+        r, g, b = t[:, 0], t[:, 1], t[:, 2]
+        return torch.stack([(r + g + b) / 3, r - g, (r + g) / 2 - b], 1)
+
+    checker = (torch.arange(64).view(-1, 1) + torch.arange(64).view(1, -1)) % 2 * 2.0 - 1  # +-1, pixel by pixel
+    tint = torch.tensor([0.12, 0.0, -0.12]).view(1, 3, 1, 1).expand(1, 3, 64, 64)  # warmer everywhere
+    speckle = torch.stack([checker, -checker, torch.zeros_like(checker)]) * 0.08  # green / purple, no lightness
+    strands = torch.stack([checker] * 3) * 0.05  # lightness detail
+    shift = tint + speckle[None] + strands[None]
+    x = torch.zeros(1, 3, 64, 64)
+    plain = torch.zeros(1, 3, 64, 64)
+    settings = MaskSettings(shift_fade=0.0)
+    y, weight = render(x, plain, plain + shift, settings, without_sliders=plain)
+    assert weight.min() == 1
+    shown, asked = opponent(y - x), opponent(shift)
+    inner = (slice(None), slice(None), slice(8, 56), slice(8, 56))
+    assert torch.allclose(shown[:, :1][inner], asked[:, :1][inner], atol=1e-5)  # lightness as it was
+    rg = shown[:, 1][inner[:1] + inner[2:]]
+    assert abs(float(rg.mean()) - 0.12) < 0.01  # the tint stays
+    assert float((rg - rg.mean()).abs().mean()) < 0.2 * 0.16  # the speckle (+-0.16 red-green) mostly goes
+    # with the smoothing off, the shift is added as it came
+    assert torch.allclose(smooth_chroma(shift, 0.0), shift)
+    y0, _ = render(x, plain, plain + shift, replace(settings, shift_chroma_sigma=0.0), without_sliders=plain)
+    assert torch.allclose(y0, (x + shift).clamp(-1, 1), atol=1e-6)

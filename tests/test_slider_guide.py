@@ -91,3 +91,39 @@ def test_the_guide_learns_labels_from_photos() -> None:
     with torch.no_grad():
         said = guide(to_tensor(photos))[:, 0] > 0
     assert (said.numpy() == bright).mean() > 0.95
+
+
+def test_colour_sliders_keep_their_mean_difference_direction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Black, brown, grey hair and pale skin are not turned (the turn took their colour further
+    from real photos'); blond hair and the other latent sliders are, against one guide trained on
+    every slider's labels."""
+    from types import SimpleNamespace
+
+    from engine.core.attributes import Attribute, SliderKind
+    from engine.tools import attribute_learning
+
+    turned: list[int] = []
+
+    def fake_turn(decoder: nn.Module, guide: object, k: int, direction: np.ndarray, *args: object,
+                  **kw: object) -> np.ndarray:
+        turned.append(k)
+        return -direction
+
+    trained_on: list[tuple[int, ...]] = []
+    monkeypatch.setattr(attribute_learning, "guide_direction", fake_turn)
+    monkeypatch.setattr(attribute_learning, "train_guide", lambda photos, labels: trained_on.append(labels.shape))
+    names = ["Smiling", "Black_Hair", "Pale_Skin", "Blond_Hair"]
+    attrs = [Attribute("smiling", "Smiling", 1.0), Attribute("black_hair", "Black hair", 1.0),
+             Attribute("pale_skin", "Pale skin", 1.0), Attribute("blond_hair", "Blond hair", 1.0),
+             Attribute("pc1", "Latent direction 1", 1.0, kind=SliderKind.PRINCIPAL)]
+    rng = np.random.default_rng(0)
+    vectors = [rng.normal(size=8).astype(np.float32) for _ in attrs]
+    before = [v.copy() for v in vectors]
+    labels = rng.choice(np.array([-1, 1], np.int8), (20, 4))
+    engine = SimpleNamespace(loaded=SimpleNamespace(model=SimpleNamespace(decoder=None)))
+    attribute_learning.guide_sliders(engine, attrs, vectors, np.zeros((20, 8), np.float32), labels, names,
+                                     lambda r: np.zeros((len(r), 8, 8, 3), np.uint8), 5)  # type: ignore[arg-type]
+    assert trained_on == [(20, 4)]  # the guide reads all four sliders' attributes
+    assert turned == [0, 3]  # smiling and blond hair, by their column in the guide
+    for i, name in enumerate(a.name for a in attrs):
+        assert np.array_equal(vectors[i], -before[i] if name in ("smiling", "blond_hair") else before[i]), name

@@ -144,7 +144,7 @@ def halo_of(alpha: torch.Tensor, radius_px: float) -> torch.Tensor:
 
 # An orthonormal basis of RGB: lightness, red-green, yellow-blue. Squared errors in it sum to
 # the RGB squared error, so weighting its colour rows by 1 is the plain RGB error.
-_OPPONENT = torch.tensor([[1 / math.sqrt(3)] * 3,
+OPPONENT = torch.tensor([[1 / math.sqrt(3)] * 3,
                           [1 / math.sqrt(2), -1 / math.sqrt(2), 0.0],
                           [1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)]])
 
@@ -155,7 +155,7 @@ def paint_loss(image: torch.Tensor, paint: torch.Tensor, alpha: torch.Tensor, ch
     w = alpha.sum().clamp_min(1e-6) * 3
     diff = image - paint
     if chroma != 1.0:
-        opp = torch.einsum("kc,nchw->nkhw", _OPPONENT.to(diff), diff)
+        opp = torch.einsum("kc,nchw->nkhw", OPPONENT.to(diff), diff)
         weights = torch.tensor([1.0, chroma, chroma], dtype=diff.dtype, device=diff.device).view(1, 3, 1, 1)
         return (alpha * weights * opp**2).sum() / w
     return (alpha * diff**2).sum() / w
@@ -166,7 +166,7 @@ def hue_drift(image: torch.Tensor, start: torch.Tensor, paint: torch.Tensor, alp
     """Mean squared colour (opponent chroma) distance, over the stroke's halo, of ``image`` from
     the line between each pixel's colour at the stroke's start and the paint's colour: a change
     that only mixes the two has none, a cast towards a third hue (dark paint turning green) has."""
-    opp = _OPPONENT[1:].to(image)
+    opp = OPPONENT[1:].to(image)
     colour = (paint * alpha).sum(dim=(2, 3), keepdim=True) / alpha.sum().clamp_min(1e-6)
     c, c0 = torch.einsum("kc,nchw->nkhw", opp, image), torch.einsum("kc,nchw->nkhw", opp, start)
     d = torch.einsum("kc,nchw->nkhw", opp, colour) - c0
@@ -264,6 +264,11 @@ class MaskSettings:
     shift_floor: float = 0.01  # mean |S| per pixel (images in [-1, 1]) below which nothing is added
     shift_full: float = 0.04  # ... and from which S is added in full
     shift_fade: float = 0.15  # W fades to 0 over this share of the crop at its border
+    # S's colour (its two opponent chroma channels, not its lightness) is blurred this much, in
+    # pixels of a 64-pixel crop: the decoder's change carries pixel-sized green and purple
+    # speckles that the photo's paste-back enlarges into blotches; a hair colour or a skin tone
+    # changes smoothly. Lightness keeps its detail (strands, the frames of glasses, teeth).
+    shift_chroma_sigma: float = 1.0
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -281,6 +286,18 @@ def blur(m: torch.Tensor, sigma: float) -> torch.Tensor:
     r = (len(k) - 1) // 2
     m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
     return F.conv2d(F.pad(m, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+
+
+def smooth_chroma(change: torch.Tensor, sigma_at_64: float) -> torch.Tensor:
+    """``change`` (N, 3, R, R) with its colour blurred by ``sigma_at_64`` (pixels of a 64-pixel
+    crop, scaled with R) and its lightness kept as it is."""
+    if sigma_at_64 <= 0:
+        return change
+    n, _, h, w = change.shape
+    m = OPPONENT.to(change)  # orthonormal: its transpose turns it back
+    opp = torch.einsum("kc,nchw->nkhw", m, change)
+    chroma = blur(opp[:, 1:].reshape(n * 2, 1, h, w), sigma_at_64 * w / 64).reshape(n, 2, h, w)
+    return torch.einsum("kc,nkhw->nchw", m, torch.cat([opp[:, :1], chroma], 1))
 
 
 def _blurred_change(change: torch.Tensor, sigma_at_64: float) -> torch.Tensor:
@@ -328,7 +345,7 @@ def render(x: torch.Tensor, recon0: torch.Tensor, generated: torch.Tensor,
     mask = brush_mask(plain, recon0, settings, reach)
     y = torch.where(mask > 0, x + mask * (plain - x), x)
     if without_sliders is not None:
-        shift = generated - without_sliders
+        shift = smooth_chroma(generated - without_sliders, settings.shift_chroma_sigma)
         weight = shift_weight(shift, settings)
         if region is not None:
             weight = weight * region

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,13 +33,13 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from engine.core.attributes import SLIDER_RANGE, Attribute, AttributeSet, SliderKind, condition_input
-from engine.core.edit import render_shift
+from engine.core.edit import OPPONENT, blur, render_shift
 from engine.core.images import to_tensor, to_uint8
 from engine.core.judge import AttributeJudge, judge_scores, save_judge
 from engine.core.model_folder import ModelFolder
 from engine.core.pipeline import Engine
 from engine.tools.data import AlignedFaces, aligned_cache
-from engine.tools.slider_guide import guide_direction, train_guide
+from engine.tools.slider_guide import COLOUR_SLIDERS, NOT_TURNED, guide_direction, train_guide
 
 if TYPE_CHECKING:  # evaluate imports this module
     from engine.tools.evaluate import EvalOptions
@@ -147,13 +148,16 @@ def fit_direction(latents: np.ndarray, positive: np.ndarray, name: str) -> Direc
 def guide_sliders(engine: Engine, attrs: list[Attribute], vectors: list[np.ndarray], latents: np.ndarray,
                   labels: np.ndarray, names: list[str], photos: Callable[[np.ndarray], np.ndarray],
                   iterations: int) -> None:
-    """Replace each latent slider's vector by its direction turned through the decoder
-    (``slider_guide``); ``labels`` and ``photos`` are the encoded faces' (rows of ``latents``)."""
+    """Replace each latent slider's vector, but those in ``NOT_TURNED`` (most colours), by its
+    direction turned through the decoder (``slider_guide``); ``labels`` and ``photos`` are the
+    encoded faces' (rows of ``latents``)."""
     sliders = [(i, a) for i, a in enumerate(attrs) if a.kind is SliderKind.DIRECTION]
     signed = np.stack([labels[:, names.index(SLIDERS[a.name][1])] * SLIDERS[a.name][2] for _, a in sliders], 1)
     guide = train_guide(photos, signed.astype(np.float32))
     decoder = engine.loaded.model.decoder
     for k, (i, a) in enumerate(tqdm(sliders, desc="turning the sliders through the decoder", unit="slider")):
+        if a.name in NOT_TURNED:
+            continue
         without = np.nonzero(signed[:, k] < 0)[0]
         vectors[i] = guide_direction(decoder, guide, k, vectors[i], a.step, latents, photos, without, iterations,
                                      seed=k)
@@ -209,6 +213,15 @@ def face_region(resolution: int) -> torch.Tensor:
     return torch.from_numpy(u * u + v * v <= 1)
 
 
+def colour_speckle(change: torch.Tensor) -> float:
+    """Mean |fine colour| of an image change (N, 3, R, R in [-1, 1]), in 0..255: its two opponent
+    chroma channels less their blur over 2 pixels of a 64-pixel crop. Pixel-sized green and purple
+    speckle, which the photo's paste-back enlarges into blotches, shows here; a smooth tint does not."""
+    n, _, h, w = change.shape
+    chroma = torch.einsum("kc,nchw->nkhw", OPPONENT.to(change), change)[:, 1:].reshape(n * 2, 1, h, w)
+    return float((chroma - blur(chroma, 2.0 * w / 64)).abs().mean() * 127.5)
+
+
 def _share(flags: torch.Tensor, among: np.ndarray) -> float:
     """The share of ``flags`` set among the faces selected by ``among`` (NaN when none are)."""
     return float(flags[torch.from_numpy(among)].float().mean()) if among.any() else float("nan")
@@ -249,11 +262,13 @@ def judge_sliders(engine: Engine, attrs: AttributeSet, judge: AttributeJudge, ju
         others = [i for i in range(len(judge_names)) if i != col]
         other_change = float((s_up[:, others] - base[:, others]).abs().mean())
         outside = float((up - crops).abs().mean(1)[:, ~region].mean() / 2)
+        speckle = colour_speckle(up - crops)
         base_rate = _share(pos(base), ~has)
         report[a.name] = {"flip_to_positive": round(flip_on, 3), "flip_to_negative": round(flip_off, 3),
                           "flip_to_positive_at_slider_end": round(flip_on_max, 3),
                           "judge_false_positive_before": round(base_rate, 3),
                           "other_attributes_change": round(other_change, 4), "outside_face_change": round(outside, 4),
+                          "colour_speckle_255": round(speckle, 3),
                           "n_without": int((~has).sum()), "n_with": int(has.sum())}
         if attrs.held(a.name, True):  # the same slider with the correlated attributes free (the editor's other mode)
             for key, v in (("flip_to_positive_independent", 1.0),
@@ -385,6 +400,55 @@ class _Subset:
         return self.faces.images(self.rows[np.asarray(idx)])  # type: ignore[attr-defined]
 
 
+def hair_top_region(resolution: int) -> torch.Tensor:
+    """(R, R) bool: the top of the head in the template, above the forehead (hair on most faces)."""
+    ys, xs = np.mgrid[0:resolution, 0:resolution].astype(np.float32)
+    return torch.from_numpy(((ys + 0.5) / resolution < 0.22) & (np.abs((xs + 0.5) / resolution - 0.5) < 0.25))
+
+
+def _mean_lab(images: torch.Tensor, region: torch.Tensor) -> np.ndarray:
+    """Mean CIELAB (L*, a*, b*) of each image (N, 3, R, R in [-1, 1]) over ``region``: (N, 3)."""
+    rgb = to_uint8(images).astype(np.float32) / 255  # (N, R, R, 3)
+    lab = np.stack([cv2.cvtColor(im, cv2.COLOR_RGB2Lab) for im in rgb])
+    return lab[:, region.numpy()].mean(1)
+
+
+def colour_against_real(engine: Engine, attrs: AttributeSet, test: object, n: int = 300) -> dict[str, object]:
+    """Per colour slider (``COLOUR_SLIDERS``): the mean CIELAB change it makes where its colour
+    is (the top of the head for a hair colour, the face for pale skin) at +1 and +2, on held-out
+    faces without the attribute, beside how held-out real photos with the attribute differ there
+    from those without. A slider that tints (grey hair turning blue) differs in a* and b*."""
+    labels = test.labels()  # type: ignore[attr-defined]
+    names = test.attribute_names  # type: ignore[attr-defined]
+    known = np.nonzero(np.abs(labels).sum(1) > 0)[0]
+    rows = known[np.linspace(0, len(known) - 1, min(n, len(known))).astype(int)]
+    crops = to_tensor(test.images(rows))  # type: ignore[attr-defined]
+    res = crops.shape[-1]
+    with torch.inference_mode():
+        z = engine.loaded.model.encode(crops)
+        read = engine.loaded.model.attributes_of(crops)
+    out: dict[str, object] = {}
+    for a in attrs.attributes:
+        if a.name not in COLOUR_SLIDERS or a.kind is SliderKind.PRINCIPAL or SLIDERS[a.name][1] not in names:
+            continue
+        _, col, sign = SLIDERS[a.name]
+        region = face_region(res) if a.name == "pale_skin" else hair_top_region(res)
+        signed = labels[rows, names.index(col)] * sign
+        before = _mean_lab(crops, region)
+        if not (signed > 0).any() or not (signed < 0).any():
+            continue
+        has, lacks = signed > 0, signed < 0
+        real = before[has].mean(0) - before[lacks].mean(0)
+        entry = {"real_with_less_without": np.round(real, 2).tolist(), "n_with": int(has.sum())}
+        without = torch.from_numpy(lacks)
+        a_without = None if read is None else read[without]
+        for v in (1.0, SLIDER_RANGE):
+            shown = slider_view(engine, attrs, a, crops[without], z[without], a_without, v)
+            entry[f"slider_at_{v:+g}"] = np.round((_mean_lab(shown, region) - before[lacks]).mean(0), 2).tolist()
+        out[a.name] = entry
+    return out
+
+
 def evaluate_attributes(args: EvalOptions) -> dict[str, object]:
     engine = Engine.load(args.weights, args.device)
     res = engine.loaded.config.resolution
@@ -393,9 +457,10 @@ def evaluate_attributes(args: EvalOptions) -> dict[str, object]:
     judge, names = engine.folder.load_judge()
     n = args.count()
     report = judge_sliders(engine, engine.attributes, judge, names, test, n=n)
+    colour = colour_against_real(engine, engine.attributes, test, n=n)
     grid = Path(args.grid)
     write_attribute_grid(engine, test, grid)
-    return {"n": min(n, len(test)), "attributes": report,
+    return {"n": min(n, len(test)), "attributes": report, "colour_lab": colour,
             "quality": {a.name: a.quality for a in engine.attributes.attributes if a.kind is not SliderKind.PRINCIPAL},
             "grid": str(grid)}
 
