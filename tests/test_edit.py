@@ -344,5 +344,32 @@ def test_a_slider_change_loses_its_colour_speckle_not_its_lightness_or_its_tint(
     assert float((rg - rg.mean()).abs().mean()) < 0.2 * 0.16  # the speckle (+-0.16 red-green) mostly goes
     # with the smoothing off, the shift is added as it came
     assert torch.allclose(smooth_chroma(shift, 0.0), shift)
-    y0, _ = render(x, plain, plain + shift, replace(settings, shift_chroma_sigma=0.0), without_sliders=plain)
+    y0, _ = render(x, plain, plain + shift, replace(settings, chroma_sigma=0.0), without_sliders=plain)
     assert torch.allclose(y0, (x + shift).clamp(-1, 1), atol=1e-6)
+
+
+def test_the_brush_takes_the_decoders_broad_colour_and_keeps_the_photos_fine_colour() -> None:
+    """Where the brush replaces the photo (M = 1) the result has G's lightness and G's colour
+    at large scale, while the fine colour is the photo's own, not G's pixel-sized speckle."""
+    checker = ((torch.arange(64).view(-1, 1) + torch.arange(64).view(1, -1)) % 2 * 2.0 - 1)
+
+    def red_green(t: torch.Tensor) -> torch.Tensor:
+        return t[0, 0] - t[0, 1]
+
+    recon0 = torch.zeros(1, 3, 64, 64)
+    paint = torch.tensor([-0.6, -0.7, -0.75]).view(1, 3, 1, 1).expand(1, 3, 64, 64)  # dark brown everywhere
+    speckle = torch.stack([checker, -checker, torch.zeros_like(checker)])[None] * 0.1  # G's green / purple
+    generated = paint + speckle
+    stripes = (torch.arange(64) % 2 * 2.0 - 1).view(1, -1).expand(64, 64)  # the photo's own fine colour
+    x = torch.stack([0.4 + 0.05 * stripes, torch.full((64, 64), 0.3), torch.full((64, 64), 0.2)])[None]
+    y, mask = render(x, recon0, generated, MaskSettings())
+    inner = (slice(8, 56), slice(8, 56))
+    assert mask[0, 0][inner].min() == 1
+    lightness = y.mean(1)[0][inner]
+    assert torch.allclose(lightness, generated.mean(1)[0][inner], atol=1e-5)  # G's lightness
+    rg = red_green(y)[inner]
+    assert abs(float(rg.mean()) - float(red_green(paint)[inner].mean())) < 0.01  # G's broad colour
+    photo_detail = red_green(x)[inner] - red_green(x)[inner].mean()
+    assert float((rg - rg.mean() - photo_detail).abs().mean()) < 0.1 * 0.2  # not G's +-0.2 speckle
+    y0, _ = render(x, recon0, generated, MaskSettings(chroma_sigma=0.0))
+    assert torch.allclose(y0[..., 8:56, 8:56], generated[..., 8:56, 8:56], atol=1e-6)  # without it: G as it is

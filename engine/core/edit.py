@@ -264,11 +264,13 @@ class MaskSettings:
     shift_floor: float = 0.01  # mean |S| per pixel (images in [-1, 1]) below which nothing is added
     shift_full: float = 0.04  # ... and from which S is added in full
     shift_fade: float = 0.15  # W fades to 0 over this share of the crop at its border
-    # S's colour (its two opponent chroma channels, not its lightness) is blurred this much, in
-    # pixels of a 64-pixel crop: the decoder's change carries pixel-sized green and purple
-    # speckles that the photo's paste-back enlarges into blotches; a hair colour or a skin tone
-    # changes smoothly. Lightness keeps its detail (strands, the frames of glasses, teeth).
-    shift_chroma_sigma: float = 1.0
+    # The colour of both changes (the brush's G(z) - x and the sliders' S: their two opponent
+    # chroma channels, not their lightness) is blurred this much, in pixels of a 64-pixel crop.
+    # The decoder's output carries pixel-sized green and purple speckle that the photo's
+    # paste-back enlarges into blotches; paint, a hair colour or a skin tone changes smoothly.
+    # Lightness keeps its detail (strands, the frames of glasses, teeth), and under the brush the
+    # photo keeps its own fine colour.
+    chroma_sigma: float = 1.0
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -336,16 +338,17 @@ def render(x: torch.Tensor, recon0: torch.Tensor, generated: torch.Tensor,
 
     ``generated`` is G(z); ``without_sliders`` is G(z minus the slider offsets) when any
     slider is set (None otherwise: then it is ``generated``). The brush's change is blended
-    in, y = (1 - M) x + M G(z_brush), where ``reach`` (1, 1, R, R in [0, 1], ``stroke_reach``;
-    None: everywhere) lets it show; the sliders' change is added, y += W S, where ``region``
-    (N or 1, 1, R, R in [0, 1]; None: everywhere) lets it show. Returns y (clipped to
-    [-1, 1]) and max(M, W); where that is 0, y equals x exactly.
+    in, y = x + M c(G(z_brush) - x), where ``reach`` (1, 1, R, R in [0, 1], ``stroke_reach``;
+    None: everywhere) lets it show; the sliders' change is added, y += W c(S), where ``region``
+    (N or 1, 1, R, R in [0, 1]; None: everywhere) lets it show; c blurs a change's colour
+    (``smooth_chroma``, ``settings.chroma_sigma``). Returns y (clipped to [-1, 1]) and
+    max(M, W); where that is 0, y equals x exactly.
     """
     plain = generated if without_sliders is None else without_sliders
     mask = brush_mask(plain, recon0, settings, reach)
-    y = torch.where(mask > 0, x + mask * (plain - x), x)
+    y = torch.where(mask > 0, x + mask * smooth_chroma(plain - x, settings.chroma_sigma), x)
     if without_sliders is not None:
-        shift = smooth_chroma(generated - without_sliders, settings.shift_chroma_sigma)
+        shift = smooth_chroma(generated - without_sliders, settings.chroma_sigma)
         weight = shift_weight(shift, settings)
         if region is not None:
             weight = weight * region
