@@ -61,6 +61,11 @@ def test_the_maps_find_the_person_the_hair_and_the_background() -> None:
     assert _template_mean(regions.hair, 0.4, 0.6, 0.1, 0.2) > 0.9
     assert _template_mean(regions.hair, 0.35, 0.65, 0.55, 0.7) < 0.05
     assert _template_mean(regions.hair, 0.3, 0.7, 0.95, 1.0) < 0.1
+    # the skin map is the face, not the hair, the shirt or the background
+    assert _template_mean(regions.skin, 0.35, 0.65, 0.55, 0.7) > 0.9
+    assert _template_mean(regions.skin, 0.4, 0.6, 0.1, 0.2) < 0.1
+    assert _template_mean(regions.skin, 0.3, 0.7, 0.95, 1.0) < 0.1
+    assert _template_mean(regions.skin, 0.0, 0.1, 0.2, 0.6) < 0.05
 
 
 def test_a_flat_photo_gets_maps_without_an_error() -> None:
@@ -69,16 +74,20 @@ def test_a_flat_photo_gets_maps_without_an_error() -> None:
     assert np.isfinite(regions.person).all()
     assert np.isfinite(regions.hair).all()
     assert np.isfinite(regions.strands).all()
+    assert np.isfinite(regions.skin).all()
 
 
 def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None:
     person = np.zeros((4, 4), np.float32)
     hair = np.ones((4, 4), np.float32)
-    r = Regions(person, hair, hair)
+    skin = np.full((4, 4), 0.5, np.float32)
+    r = Regions(person, hair, hair, skin)
     assert r.for_sliders({"blond_hair"}) is hair
     assert r.for_sliders({"blond_hair", "gray_hair"}) is hair
     assert r.for_sliders({"blond_hair", "smiling"}) is person
     assert r.for_sliders({"pc1"}) is person
+    assert r.for_sliders({"pale_skin"}) is skin
+    assert r.for_sliders({"pale_skin", "black_hair"}) is person
     assert {"black_hair", "blond_hair", "brown_hair", "gray_hair"} <= HAIR_SLIDERS
     assert "bangs" not in HAIR_SLIDERS  # a fringe covers skin: it may not be kept off it
 
@@ -182,6 +191,19 @@ def test_a_hair_slider_leaves_the_background_and_the_face_as_they_were(engine) -
     s.set_sliders({"blond_hair": 2.0})
     changed = np.abs(s.composite().astype(int) - photo.pixels.astype(int)).max(axis=2)
     assert changed[int(0.55 * SIZE):int(0.7 * SIZE), int(0.4 * SIZE):int(0.6 * SIZE)].max() <= 1  # cheeks
+
+
+def test_pale_skin_changes_the_face_and_leaves_the_hair(engine) -> None:
+    g = torch.Generator().manual_seed(6)
+    d = torch.randn(1, engine.loaded.config.latent_dim, generator=g)
+    attributes = AttributeSet([Attribute("pale_skin", "Pale skin", 30.0)], d / d.norm())
+    photo = Photo(drawn_portrait(), "portrait.png")
+    s = EditSession(engine.loaded, photo, whole_image_face(SIZE, SIZE), "cpu", attributes)
+    s.set_sliders({"pale_skin": 2.0})
+    changed = np.abs(s.composite().astype(int) - photo.pixels.astype(int)).max(axis=2)
+    assert changed[int(0.55 * SIZE):int(0.7 * SIZE), int(0.4 * SIZE):int(0.6 * SIZE)].mean() > 1.0  # cheeks
+    assert changed[int(0.1 * SIZE):int(0.2 * SIZE), int(0.4 * SIZE):int(0.6 * SIZE)].max() <= 1  # hair above
+    assert changed[int(0.93 * SIZE):, int(0.3 * SIZE):int(0.7 * SIZE)].max() <= 1  # the shirt
 
 
 def test_the_same_photo_gives_the_same_maps() -> None:

@@ -28,6 +28,8 @@ GRABCUT_ROUNDS = 4
 SOFTEN = 0.025
 # Sliders about the hair alone: their change is kept off the face's skin and the clothes.
 HAIR_SLIDERS = frozenset({"black_hair", "blond_hair", "brown_hair", "gray_hair", "wavy_hair"})
+# Sliders about the skin alone: their change is kept off the hair and the clothes.
+SKIN_SLIDERS = frozenset({"pale_skin"})
 # The head with its hair in the canonical framing (centre x, y; radii x, y as crop fractions).
 HEAD_OUTLINE = (0.5, 0.45, 0.36, 0.42)
 # The middle of the forehead, above the brows (centre x, y; radii x, y as crop fractions).
@@ -48,19 +50,25 @@ class Regions:
     # the hair that shows strands of its own: the hair map where the photo has more fine detail
     # than the cheeks (a smooth forehead the colours took for hair has none to keep)
     strands: np.ndarray
+    # the person's skin: the cheeks' colour (and the face itself), not the hair's
+    skin: np.ndarray
 
     def resized(self, size: int) -> Regions:
         if self.person.shape[0] == size:
             return self
         def fit(m: np.ndarray) -> np.ndarray:
             return cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA if size < m.shape[0] else cv2.INTER_LINEAR)
-        return Regions(fit(self.person), fit(self.hair), fit(self.strands))
+        return Regions(fit(self.person), fit(self.hair), fit(self.strands), fit(self.skin))
 
     def for_sliders(self, names: Iterable[str]) -> np.ndarray:
         """Where the change of these sliders may show: the hair when every one is about the
-        hair, the whole person otherwise."""
+        hair, the skin when every one is about the skin, the whole person otherwise."""
         names = set(names)
-        return self.hair if names and names <= HAIR_SLIDERS else self.person
+        if names and names <= HAIR_SLIDERS:
+            return self.hair
+        if names and names <= SKIN_SLIDERS:
+            return self.skin
+        return self.person
 
 
 def _template_uv(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,4 +172,4 @@ def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Region
     low = np.clip((v - 0.8) / 0.08, 0, 1)
     hair = hair * (1 - low * (1 - like_hair))
     hair = _soften(hair)
-    return Regions(_soften(person.astype(np.float32)), hair, hair * texture).resized(size)
+    return Regions(_soften(person.astype(np.float32)), hair, hair * texture, _soften(person * skin)).resized(size)

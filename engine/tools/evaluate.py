@@ -415,8 +415,10 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     photo's texture, > 1 adds texture) and the mean change (0..255) of the pixels beside and
     above the head (background), of the inner face (skin, which a hair colour must leave) and
     of the top of the head (hair, where it must show), and on photos labelled without bangs of the
-    bare forehead (skin too; ``slider_bare_forehead_change_255``). Every edit is scored as exported, with the
-    hair detail pass; the fringe also without it (``fringe_texture_ratio_without_detail``). On a
+    bare forehead (skin too; ``slider_bare_forehead_change_255``); pale skin at +1's change on the
+    inner face, the top of the head and the background (``pale_skin_*_change_255``). Every edit
+    is scored as exported, with the hair detail pass; the fringe also without it
+    (``fringe_texture_ratio_without_detail``). On a
     prepared folder, ``real_fringe`` gives the texture ratio a real fringe has there
     (``real_fringe_texture``), the fringe's reference."""
     listing = list_items(data, ("celeba",)) if (data / "celeba").is_dir() else None
@@ -431,6 +433,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
         files = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)[:n]
     sliders = [a for a in engine.attributes.attributes if a.name in ("blond_hair", "black_hair")]
     fringe, fringe_plain, slider_texture, background, skin, hair, sizes = [], [], [], [], [], [], []
+    pale = engine.attributes.get("pale_skin") if "pale_skin" in engine.attributes.names else None
+    pale_changes: dict[str, list[float]] = {"face": [], "hair": [], "background": []}
     forehead: list[float] = []
     skipped = 0
     for f in files:
@@ -466,6 +470,13 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
             if bare is not None and bare.any():
                 forehead.append(float(diff[bare].mean()))
             session.set_sliders({})
+        if pale is not None:  # pale skin must show on the face and leave the hair and the background
+            session.set_sliders({pale.name: 1.0})
+            diff = np.abs(session.composite(detail=True).astype(np.int16) - photo.pixels.astype(np.int16)).mean(axis=2)
+            for key, where in (("face", face), ("hair", top), ("background", outside)):
+                if where.any():
+                    pale_changes[key].append(float(diff[where].mean()))
+            session.set_sliders({})
     if not sizes:
         raise ValueError(f"no faces found in the photos of {data}")
 
@@ -486,6 +497,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
                               # on the photos labelled without bangs (None: no labels)
                               "slider_bare_forehead_change_255": mean(forehead),
                               "bare_forehead_edits": len(forehead)}
+    if pale is not None:  # pale skin at +1: the inner face, the top of the head, the background
+        out.update({f"pale_skin_{k}_change_255": mean(v) for k, v in pale_changes.items()})
     if listing is not None:
         out["real_fringe"] = real_fringe_texture(data, listing, engine.refiner)
     return out
