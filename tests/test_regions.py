@@ -66,6 +66,10 @@ def test_the_maps_find_the_person_the_hair_and_the_background() -> None:
     assert _template_mean(regions.skin, 0.4, 0.6, 0.1, 0.2) < 0.1
     assert _template_mean(regions.skin, 0.3, 0.7, 0.95, 1.0) < 0.1
     assert _template_mean(regions.skin, 0.0, 0.1, 0.2, 0.6) < 0.05
+    # the eyes' band: over the eyes, not the mouth or the hair above the forehead
+    assert _template_mean(regions.eyes, 0.3, 0.7, 0.45, 0.51) > 0.9
+    assert _template_mean(regions.eyes, 0.4, 0.6, 0.72, 0.8) < 0.05
+    assert _template_mean(regions.eyes, 0.4, 0.6, 0.1, 0.2) < 0.05
 
 
 def test_a_flat_photo_gets_maps_without_an_error() -> None:
@@ -75,19 +79,23 @@ def test_a_flat_photo_gets_maps_without_an_error() -> None:
     assert np.isfinite(regions.hair).all()
     assert np.isfinite(regions.strands).all()
     assert np.isfinite(regions.skin).all()
+    assert np.isfinite(regions.eyes).all()
 
 
 def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None:
     person = np.zeros((4, 4), np.float32)
     hair = np.ones((4, 4), np.float32)
     skin = np.full((4, 4), 0.5, np.float32)
-    r = Regions(person, hair, hair, skin)
+    eyes = np.full((4, 4), 0.25, np.float32)
+    r = Regions(person, hair, hair, skin, eyes)
     assert r.for_sliders({"blond_hair"}) is hair
     assert r.for_sliders({"blond_hair", "gray_hair"}) is hair
     assert r.for_sliders({"blond_hair", "smiling"}) is person
     assert r.for_sliders({"pc1"}) is person
     assert r.for_sliders({"pale_skin"}) is skin
     assert r.for_sliders({"pale_skin", "black_hair"}) is person
+    assert r.for_sliders({"eyeglasses"}) is eyes
+    assert r.for_sliders({"eyeglasses", "smiling"}) is person
     assert {"black_hair", "blond_hair", "brown_hair", "gray_hair"} <= HAIR_SLIDERS
     assert "bangs" not in HAIR_SLIDERS  # a fringe covers skin: it may not be kept off it
 
@@ -218,3 +226,18 @@ def test_the_same_photo_gives_the_same_maps() -> None:
     again = find_regions(pixels, t, 64)
     assert np.array_equal(first.person, again.person)
     assert np.array_equal(first.hair, again.hair)
+
+
+def test_eyeglasses_change_the_eyes_and_leave_the_mouth_and_the_hair(engine) -> None:
+    g = torch.Generator().manual_seed(7)
+    d = torch.randn(1, engine.loaded.config.latent_dim, generator=g)
+    attributes = AttributeSet([Attribute("eyeglasses", "Eyeglasses", 30.0)], d / d.norm())
+    photo = Photo(drawn_portrait(), "portrait.png")
+    s = EditSession(engine.loaded, photo, whole_image_face(SIZE, SIZE), "cpu", attributes)
+    s.set_sliders({"eyeglasses": 2.0})
+    changed = np.abs(s.composite().astype(int) - photo.pixels.astype(int)).max(axis=2)
+    eyes = changed[int(0.45 * SIZE):int(0.51 * SIZE), int(0.3 * SIZE):int(0.7 * SIZE)].mean()
+    assert eyes > 1.0
+    # the band's soft edge reaches the mouth by a trace only
+    assert changed[int(0.74 * SIZE):int(0.8 * SIZE), int(0.4 * SIZE):int(0.6 * SIZE)].mean() < 0.05 * eyes
+    assert changed[int(0.1 * SIZE):int(0.2 * SIZE), int(0.4 * SIZE):int(0.6 * SIZE)].max() <= 1  # hair above

@@ -8,6 +8,8 @@ SIGGRAPH 2004) grows those seeds by colour into a person / background split; a c
 of the cheeks says which of the person's pixels are skin. Clothes are the person's pixels
 below the jaw. The hair with strands of its own (``strands``) is the hair map where the photo
 has fine detail beyond the cheeks': a stroke grows new hair elsewhere (engine.core.detail).
+Sliders about one part keep to it: hair colours to the hair, pale skin to the skin, eyeglasses
+to a band over the eyes (``Regions.for_sliders``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ SOFTEN = 0.025
 HAIR_SLIDERS = frozenset({"black_hair", "blond_hair", "brown_hair", "gray_hair", "wavy_hair"})
 # Sliders about the skin alone: their change is kept off the hair and the clothes.
 SKIN_SLIDERS = frozenset({"pale_skin"})
+# Sliders about the eyes alone (glasses): their change is kept to a band over the eyes, the brows
+# and the bridge of the nose, out to the temples (centre x, y; radii x, y as crop fractions).
+EYE_SLIDERS = frozenset({"eyeglasses"})
+EYE_BAND = (0.5, 0.48, 0.4, 0.15)
 # The head with its hair in the canonical framing (centre x, y; radii x, y as crop fractions).
 HEAD_OUTLINE = (0.5, 0.45, 0.36, 0.42)
 # The middle of the forehead, above the brows (centre x, y; radii x, y as crop fractions).
@@ -52,22 +58,26 @@ class Regions:
     strands: np.ndarray
     # the person's skin: the cheeks' colour (and the face itself), not the hair's
     skin: np.ndarray
+    eyes: np.ndarray  # the person within EYE_BAND
+
 
     def resized(self, size: int) -> Regions:
         if self.person.shape[0] == size:
             return self
         def fit(m: np.ndarray) -> np.ndarray:
             return cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA if size < m.shape[0] else cv2.INTER_LINEAR)
-        return Regions(fit(self.person), fit(self.hair), fit(self.strands), fit(self.skin))
+        return Regions(fit(self.person), fit(self.hair), fit(self.strands), fit(self.skin), fit(self.eyes))
 
     def for_sliders(self, names: Iterable[str]) -> np.ndarray:
         """Where the change of these sliders may show: the hair when every one is about the
-        hair, the skin when every one is about the skin, the whole person otherwise."""
+        hair, the skin or the eyes when every one is about them, the whole person otherwise."""
         names = set(names)
         if names and names <= HAIR_SLIDERS:
             return self.hair
         if names and names <= SKIN_SLIDERS:
             return self.skin
+        if names and names <= EYE_SLIDERS:
+            return self.eyes
         return self.person
 
 
@@ -94,8 +104,8 @@ def seeds(size: int) -> np.ndarray:
     return m
 
 
-def _soften(m: np.ndarray) -> np.ndarray:
-    sigma = SOFTEN * m.shape[0]
+def _soften(m: np.ndarray, spread: float = SOFTEN) -> np.ndarray:
+    sigma = spread * m.shape[0]
     return cv2.GaussianBlur(m.astype(np.float32), (0, 0), sigma)
 
 
@@ -172,4 +182,5 @@ def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Region
     low = np.clip((v - 0.8) / 0.08, 0, 1)
     hair = hair * (1 - low * (1 - like_hair))
     hair = _soften(hair)
-    return Regions(_soften(person.astype(np.float32)), hair, hair * texture, _soften(person * skin)).resized(size)
+    eyes = _soften(person & _ellipse(u, v, *EYE_BAND), 2 * SOFTEN)  # the band's edge crosses the cheeks: softer
+    return Regions(_soften(person.astype(np.float32)), hair, hair * texture, _soften(person * skin), eyes).resized(size)

@@ -376,6 +376,8 @@ TOP_OF_HEAD = ((0.5, 0.2), (0.2, 0.07))  # above the forehead: hair on most head
 # The forehead above the brows: bare skin on a face without bangs (CelebA's label), which a hair
 # colour must not tint either.
 BARE_FOREHEAD = ((0.5, 0.36), (0.11, 0.035))
+EYES = ((0.5, 0.48), (0.3, 0.08))  # both eyes and the bridge of the nose: where glasses are
+MOUTH_AND_CHIN = ((0.5, 0.74), (0.14, 0.09))  # where glasses never are
 
 
 def _laplacian_energy(pixels: np.ndarray) -> np.ndarray:
@@ -416,7 +418,9 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     above the head (background), of the inner face (skin, which a hair colour must leave) and
     of the top of the head (hair, where it must show), and on photos labelled without bangs of the
     bare forehead (skin too; ``slider_bare_forehead_change_255``); pale skin at +1's change on the
-    inner face, the top of the head and the background (``pale_skin_*_change_255``). Every edit
+    inner face, the top of the head and the background (``pale_skin_*_change_255``), and
+    eyeglasses at +1's over the eyes, the mouth and chin and the top of the head
+    (``eyeglasses_*_change_255``). Every edit
     is scored as exported, with the hair detail pass; the fringe also without it
     (``fringe_texture_ratio_without_detail``). On a
     prepared folder, ``real_fringe`` gives the texture ratio a real fringe has there
@@ -435,6 +439,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     fringe, fringe_plain, slider_texture, background, skin, hair, sizes = [], [], [], [], [], [], []
     pale = engine.attributes.get("pale_skin") if "pale_skin" in engine.attributes.names else None
     pale_changes: dict[str, list[float]] = {"face": [], "hair": [], "background": []}
+    glasses = engine.attributes.get("eyeglasses") if "eyeglasses" in engine.attributes.names else None
+    glasses_changes: dict[str, list[float]] = {"eyes": [], "mouth_and_chin": [], "hair": []}
     forehead: list[float] = []
     skipped = 0
     for f in files:
@@ -477,6 +483,15 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
                 if where.any():
                     pale_changes[key].append(float(diff[where].mean()))
             session.set_sliders({})
+        if glasses is not None:  # glasses must show over the eyes and leave the mouth and the hair
+            session.set_sliders({glasses.name: 1.0})
+            diff = np.abs(session.composite(detail=True).astype(np.int16) - photo.pixels.astype(np.int16)).mean(axis=2)
+            for key, where in (("eyes", _photo_pixels_of(session, EYES, inside=True)),
+                               ("mouth_and_chin", _photo_pixels_of(session, MOUTH_AND_CHIN, inside=True)),
+                               ("hair", top)):
+                if where.any():
+                    glasses_changes[key].append(float(diff[where].mean()))
+            session.set_sliders({})
     if not sizes:
         raise ValueError(f"no faces found in the photos of {data}")
 
@@ -499,6 +514,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
                               "bare_forehead_edits": len(forehead)}
     if pale is not None:  # pale skin at +1: the inner face, the top of the head, the background
         out.update({f"pale_skin_{k}_change_255": mean(v) for k, v in pale_changes.items()})
+    if glasses is not None:  # eyeglasses at +1: over the eyes, the mouth and chin, the top of the head
+        out.update({f"eyeglasses_{k}_change_255": mean(v) for k, v in glasses_changes.items()})
     if listing is not None:
         out["real_fringe"] = real_fringe_texture(data, listing, engine.refiner)
     return out
