@@ -245,6 +245,7 @@ def test_npe_eval_measures_edits_on_whole_photos(tiny_model_dir, tmp_path, astro
     shutil.copytree(tiny_model_dir, model)
     doc = json.loads((model / "attributes.json").read_text())
     doc["attributes"][1]["name"] = "blond_hair"  # the tiny model's second slider stands in for a hair colour
+    doc["attributes"][0].update(name="beard", default_hold=[])  # and its first for a slider about one part
     (model / "attributes.json").write_text(json.dumps(doc))
     assert main(["eval", "--photo-edits", "--data", str(photos), "--weights", str(model), "--device", "cpu"]) == 0
     figures = json.loads(capsys.readouterr().out)
@@ -258,6 +259,10 @@ def test_npe_eval_measures_edits_on_whole_photos(tiny_model_dir, tmp_path, astro
     assert figures["slider_hair_change_255"] > figures["slider_background_change_255"]  # the edit is on the head
     assert figures["slider_bare_forehead_change_255"] is None  # no Bangs labels in a plain folder
     assert figures["bare_forehead_edits"] == 0
+    # the beard where it must show and where it must not; no figures for sliders the model lacks
+    assert {"beard_mouth_and_chin_change_255", "beard_eyes_change_255", "beard_hair_change_255"} <= set(figures)
+    assert all(figures[k] >= 0 for k in figures if k.startswith("beard_"))
+    assert not any(k.startswith(("pale_skin_", "eyeglasses_")) for k in figures)
 
 
 def test_the_real_fringe_reference_finds_more_texture_on_foreheads_with_bangs(tmp_path, astronaut) -> None:

@@ -66,6 +66,9 @@ def test_the_maps_find_the_person_the_hair_and_the_background() -> None:
     assert _template_mean(regions.skin, 0.4, 0.6, 0.1, 0.2) < 0.1
     assert _template_mean(regions.skin, 0.3, 0.7, 0.95, 1.0) < 0.1
     assert _template_mean(regions.skin, 0.0, 0.1, 0.2, 0.6) < 0.05
+    # the jaw's band: the mouth and chin, not the eyes
+    assert _template_mean(regions.jaw, 0.4, 0.6, 0.72, 0.86) > 0.9
+    assert _template_mean(regions.jaw, 0.3, 0.7, 0.45, 0.51) < 0.05
     # the eyes' band: over the eyes, not the mouth or the hair above the forehead
     assert _template_mean(regions.eyes, 0.3, 0.7, 0.45, 0.51) > 0.9
     assert _template_mean(regions.eyes, 0.4, 0.6, 0.72, 0.8) < 0.05
@@ -80,6 +83,7 @@ def test_a_flat_photo_gets_maps_without_an_error() -> None:
     assert np.isfinite(regions.strands).all()
     assert np.isfinite(regions.skin).all()
     assert np.isfinite(regions.eyes).all()
+    assert np.isfinite(regions.jaw).all()
 
 
 def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None:
@@ -87,7 +91,8 @@ def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None
     hair = np.ones((4, 4), np.float32)
     skin = np.full((4, 4), 0.5, np.float32)
     eyes = np.full((4, 4), 0.25, np.float32)
-    r = Regions(person, hair, hair, skin, eyes)
+    jaw = np.full((4, 4), 0.75, np.float32)
+    r = Regions(person, hair, hair, skin, eyes, jaw)
     assert r.for_sliders({"blond_hair"}) is hair
     assert r.for_sliders({"blond_hair", "gray_hair"}) is hair
     assert r.for_sliders({"blond_hair", "smiling"}) is person
@@ -96,6 +101,8 @@ def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None
     assert r.for_sliders({"pale_skin", "black_hair"}) is person
     assert r.for_sliders({"eyeglasses"}) is eyes
     assert r.for_sliders({"eyeglasses", "smiling"}) is person
+    assert r.for_sliders({"beard", "mustache"}) is jaw
+    assert r.for_sliders({"beard", "eyeglasses"}) is person
     assert {"black_hair", "blond_hair", "brown_hair", "gray_hair"} <= HAIR_SLIDERS
     assert "bangs" not in HAIR_SLIDERS  # a fringe covers skin: it may not be kept off it
 

@@ -9,7 +9,7 @@ of the cheeks says which of the person's pixels are skin. Clothes are the person
 below the jaw. The hair with strands of its own (``strands``) is the hair map where the photo
 has fine detail beyond the cheeks': a stroke grows new hair elsewhere (engine.core.detail).
 Sliders about one part keep to it: hair colours to the hair, pale skin to the skin, eyeglasses
-to a band over the eyes (``Regions.for_sliders``).
+to a band over the eyes, a moustache and a beard to the lower face (``Regions.for_sliders``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ SKIN_SLIDERS = frozenset({"pale_skin"})
 # and the bridge of the nose, out to the temples (centre x, y; radii x, y as crop fractions).
 EYE_SLIDERS = frozenset({"eyeglasses"})
 EYE_BAND = (0.5, 0.48, 0.4, 0.15)
+# Sliders about the jaw alone (facial hair): kept to the lower face, from the upper lip and the
+# lower cheeks down over the chin and the jaw (the chin sits at about 0.86).
+JAW_SLIDERS = frozenset({"mustache", "beard"})
+JAW_BAND = (0.5, 0.8, 0.34, 0.2)
 # The head with its hair in the canonical framing (centre x, y; radii x, y as crop fractions).
 HEAD_OUTLINE = (0.5, 0.45, 0.36, 0.42)
 # The middle of the forehead, above the brows (centre x, y; radii x, y as crop fractions).
@@ -59,18 +63,19 @@ class Regions:
     # the person's skin: the cheeks' colour (and the face itself), not the hair's
     skin: np.ndarray
     eyes: np.ndarray  # the person within EYE_BAND
-
+    jaw: np.ndarray  # the person within JAW_BAND
 
     def resized(self, size: int) -> Regions:
         if self.person.shape[0] == size:
             return self
         def fit(m: np.ndarray) -> np.ndarray:
             return cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA if size < m.shape[0] else cv2.INTER_LINEAR)
-        return Regions(fit(self.person), fit(self.hair), fit(self.strands), fit(self.skin), fit(self.eyes))
+        return Regions(fit(self.person), fit(self.hair), fit(self.strands), fit(self.skin), fit(self.eyes),
+                       fit(self.jaw))
 
     def for_sliders(self, names: Iterable[str]) -> np.ndarray:
         """Where the change of these sliders may show: the hair when every one is about the
-        hair, the skin or the eyes when every one is about them, the whole person otherwise."""
+        hair, the skin, the eyes or the jaw when every one is about them, the whole person otherwise."""
         names = set(names)
         if names and names <= HAIR_SLIDERS:
             return self.hair
@@ -78,6 +83,8 @@ class Regions:
             return self.skin
         if names and names <= EYE_SLIDERS:
             return self.eyes
+        if names and names <= JAW_SLIDERS:
+            return self.jaw
         return self.person
 
 
@@ -182,5 +189,8 @@ def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Region
     low = np.clip((v - 0.8) / 0.08, 0, 1)
     hair = hair * (1 - low * (1 - like_hair))
     hair = _soften(hair)
-    eyes = _soften(person & _ellipse(u, v, *EYE_BAND), 2 * SOFTEN)  # the band's edge crosses the cheeks: softer
-    return Regions(_soften(person.astype(np.float32)), hair, hair * texture, _soften(person * skin), eyes).resized(size)
+    # the bands' edges cross the cheeks: softened more
+    eyes = _soften(person & _ellipse(u, v, *EYE_BAND), 2 * SOFTEN)
+    jaw = _soften(person & _ellipse(u, v, *JAW_BAND), 2 * SOFTEN)
+    return Regions(_soften(person.astype(np.float32)), hair, hair * texture, _soften(person * skin), eyes,
+                   jaw).resized(size)

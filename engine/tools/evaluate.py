@@ -377,7 +377,13 @@ TOP_OF_HEAD = ((0.5, 0.2), (0.2, 0.07))  # above the forehead: hair on most head
 # colour must not tint either.
 BARE_FOREHEAD = ((0.5, 0.36), (0.11, 0.035))
 EYES = ((0.5, 0.48), (0.3, 0.08))  # both eyes and the bridge of the nose: where glasses are
-MOUTH_AND_CHIN = ((0.5, 0.74), (0.14, 0.09))  # where glasses never are
+MOUTH_AND_CHIN = ((0.5, 0.74), (0.14, 0.09))  # where glasses never are, and a beard is
+# Sliders about one part of the face, at +1: (where it must show, where it must not) by name
+PART_SLIDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "pale_skin": (("face",), ("hair", "background")),
+    "eyeglasses": (("eyes",), ("mouth_and_chin", "hair")),
+    "beard": (("mouth_and_chin",), ("eyes", "hair")),
+}
 
 
 def _laplacian_energy(pixels: np.ndarray) -> np.ndarray:
@@ -417,10 +423,9 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     photo's texture, > 1 adds texture) and the mean change (0..255) of the pixels beside and
     above the head (background), of the inner face (skin, which a hair colour must leave) and
     of the top of the head (hair, where it must show), and on photos labelled without bangs of the
-    bare forehead (skin too; ``slider_bare_forehead_change_255``); pale skin at +1's change on the
-    inner face, the top of the head and the background (``pale_skin_*_change_255``), and
-    eyeglasses at +1's over the eyes, the mouth and chin and the top of the head
-    (``eyeglasses_*_change_255``). Every edit
+    bare forehead (skin too; ``slider_bare_forehead_change_255``); for the sliders about one part
+    of the face (``PART_SLIDERS``: pale skin, eyeglasses, beard) the change at +1 where it must
+    show and where it must not (``NAME_PLACE_change_255``). Every edit
     is scored as exported, with the hair detail pass; the fringe also without it
     (``fringe_texture_ratio_without_detail``). On a
     prepared folder, ``real_fringe`` gives the texture ratio a real fringe has there
@@ -437,10 +442,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
         files = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)[:n]
     sliders = [a for a in engine.attributes.attributes if a.name in ("blond_hair", "black_hair")]
     fringe, fringe_plain, slider_texture, background, skin, hair, sizes = [], [], [], [], [], [], []
-    pale = engine.attributes.get("pale_skin") if "pale_skin" in engine.attributes.names else None
-    pale_changes: dict[str, list[float]] = {"face": [], "hair": [], "background": []}
-    glasses = engine.attributes.get("eyeglasses") if "eyeglasses" in engine.attributes.names else None
-    glasses_changes: dict[str, list[float]] = {"eyes": [], "mouth_and_chin": [], "hair": []}
+    parts = {name: sum(places, ()) for name, places in PART_SLIDERS.items() if name in engine.attributes.names}
+    part_changes: dict[str, list[float]] = {f"{n}_{p}": [] for n, places in parts.items() for p in places}
     forehead: list[float] = []
     skipped = 0
     for f in files:
@@ -476,21 +479,14 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
             if bare is not None and bare.any():
                 forehead.append(float(diff[bare].mean()))
             session.set_sliders({})
-        if pale is not None:  # pale skin must show on the face and leave the hair and the background
-            session.set_sliders({pale.name: 1.0})
+        where = {"face": face, "hair": top, "background": outside, "eyes": _photo_pixels_of(session, EYES, True),
+                 "mouth_and_chin": _photo_pixels_of(session, MOUTH_AND_CHIN, True)}
+        for name, places in parts.items():
+            session.set_sliders({name: 1.0})
             diff = np.abs(session.composite(detail=True).astype(np.int16) - photo.pixels.astype(np.int16)).mean(axis=2)
-            for key, where in (("face", face), ("hair", top), ("background", outside)):
-                if where.any():
-                    pale_changes[key].append(float(diff[where].mean()))
-            session.set_sliders({})
-        if glasses is not None:  # glasses must show over the eyes and leave the mouth and the hair
-            session.set_sliders({glasses.name: 1.0})
-            diff = np.abs(session.composite(detail=True).astype(np.int16) - photo.pixels.astype(np.int16)).mean(axis=2)
-            for key, where in (("eyes", _photo_pixels_of(session, EYES, inside=True)),
-                               ("mouth_and_chin", _photo_pixels_of(session, MOUTH_AND_CHIN, inside=True)),
-                               ("hair", top)):
-                if where.any():
-                    glasses_changes[key].append(float(diff[where].mean()))
+            for place in places:
+                if where[place].any():
+                    part_changes[f"{name}_{place}"].append(float(diff[where[place]].mean()))
             session.set_sliders({})
     if not sizes:
         raise ValueError(f"no faces found in the photos of {data}")
@@ -512,10 +508,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
                               # on the photos labelled without bangs (None: no labels)
                               "slider_bare_forehead_change_255": mean(forehead),
                               "bare_forehead_edits": len(forehead)}
-    if pale is not None:  # pale skin at +1: the inner face, the top of the head, the background
-        out.update({f"pale_skin_{k}_change_255": mean(v) for k, v in pale_changes.items()})
-    if glasses is not None:  # eyeglasses at +1: over the eyes, the mouth and chin, the top of the head
-        out.update({f"eyeglasses_{k}_change_255": mean(v) for k, v in glasses_changes.items()})
+    out.update({f"{k}_change_255": mean(v) for k, v in part_changes.items()})
     if listing is not None:
         out["real_fringe"] = real_fringe_texture(data, listing, engine.refiner)
     return out
