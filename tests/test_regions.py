@@ -208,17 +208,26 @@ def test_a_hair_slider_leaves_the_background_and_the_face_as_they_were(engine) -
     assert changed[int(0.55 * SIZE):int(0.7 * SIZE), int(0.4 * SIZE):int(0.6 * SIZE)].max() <= 1  # cheeks
 
 
-def test_pale_skin_changes_the_face_and_leaves_the_hair(engine) -> None:
-    g = torch.Generator().manual_seed(6)
-    d = torch.randn(1, engine.loaded.config.latent_dim, generator=g)
-    attributes = AttributeSet([Attribute("pale_skin", "Pale skin", 30.0)], d / d.norm())
+def _one_slider_change(engine, name: str, seed: int) -> np.ndarray:
+    """(SIZE, SIZE): how much (0..255, the largest channel) one slider at +2 changes the drawn
+    portrait, the slider a random direction of a large step."""
+    d = torch.randn(1, engine.loaded.config.latent_dim, generator=torch.Generator().manual_seed(seed))
     photo = Photo(drawn_portrait(), "portrait.png")
-    s = EditSession(engine.loaded, photo, whole_image_face(SIZE, SIZE), "cpu", attributes)
-    s.set_sliders({"pale_skin": 2.0})
-    changed = np.abs(s.composite().astype(int) - photo.pixels.astype(int)).max(axis=2)
-    assert changed[int(0.55 * SIZE):int(0.7 * SIZE), int(0.4 * SIZE):int(0.6 * SIZE)].mean() > 1.0  # cheeks
-    assert changed[int(0.1 * SIZE):int(0.2 * SIZE), int(0.4 * SIZE):int(0.6 * SIZE)].max() <= 1  # hair above
-    assert changed[int(0.93 * SIZE):, int(0.3 * SIZE):int(0.7 * SIZE)].max() <= 1  # the shirt
+    s = EditSession(engine.loaded, photo, whole_image_face(SIZE, SIZE), "cpu",
+                    AttributeSet([Attribute(name, name, 30.0)], d / d.norm()))
+    s.set_sliders({name: 2.0})
+    return np.abs(s.composite().astype(int) - photo.pixels.astype(int)).max(axis=2)
+
+
+def _part(changed: np.ndarray, u0: float, u1: float, v0: float, v1: float) -> np.ndarray:
+    return changed[int(v0 * SIZE):int(v1 * SIZE), int(u0 * SIZE):int(u1 * SIZE)]
+
+
+def test_pale_skin_changes_the_face_and_leaves_the_hair(engine) -> None:
+    changed = _one_slider_change(engine, "pale_skin", 6)
+    assert _part(changed, 0.4, 0.6, 0.55, 0.7).mean() > 1.0  # cheeks
+    assert _part(changed, 0.4, 0.6, 0.1, 0.2).max() <= 1  # hair above
+    assert _part(changed, 0.3, 0.7, 0.93, 1.0).max() <= 1  # the shirt
 
 
 def test_the_same_photo_gives_the_same_maps() -> None:
@@ -236,15 +245,17 @@ def test_the_same_photo_gives_the_same_maps() -> None:
 
 
 def test_eyeglasses_change_the_eyes_and_leave_the_mouth_and_the_hair(engine) -> None:
-    g = torch.Generator().manual_seed(7)
-    d = torch.randn(1, engine.loaded.config.latent_dim, generator=g)
-    attributes = AttributeSet([Attribute("eyeglasses", "Eyeglasses", 30.0)], d / d.norm())
-    photo = Photo(drawn_portrait(), "portrait.png")
-    s = EditSession(engine.loaded, photo, whole_image_face(SIZE, SIZE), "cpu", attributes)
-    s.set_sliders({"eyeglasses": 2.0})
-    changed = np.abs(s.composite().astype(int) - photo.pixels.astype(int)).max(axis=2)
-    eyes = changed[int(0.45 * SIZE):int(0.51 * SIZE), int(0.3 * SIZE):int(0.7 * SIZE)].mean()
+    changed = _one_slider_change(engine, "eyeglasses", 7)
+    eyes = _part(changed, 0.3, 0.7, 0.45, 0.51).mean()
     assert eyes > 1.0
     # the band's soft edge reaches the mouth by a trace only
-    assert changed[int(0.74 * SIZE):int(0.8 * SIZE), int(0.4 * SIZE):int(0.6 * SIZE)].mean() < 0.05 * eyes
-    assert changed[int(0.1 * SIZE):int(0.2 * SIZE), int(0.4 * SIZE):int(0.6 * SIZE)].max() <= 1  # hair above
+    assert _part(changed, 0.4, 0.6, 0.74, 0.8).mean() < 0.05 * eyes
+    assert _part(changed, 0.4, 0.6, 0.1, 0.2).max() <= 1  # hair above
+
+
+def test_a_beard_changes_the_chin_and_leaves_the_eyes(engine) -> None:
+    changed = _one_slider_change(engine, "beard", 8)
+    chin = _part(changed, 0.4, 0.6, 0.74, 0.86).mean()
+    assert chin > 1.0
+    assert _part(changed, 0.3, 0.7, 0.45, 0.51).mean() < 0.05 * chin  # the eyes
+    assert _part(changed, 0.4, 0.6, 0.1, 0.2).max() <= 1  # hair above
