@@ -66,6 +66,9 @@ def test_the_maps_find_the_person_the_hair_and_the_background() -> None:
     assert _template_mean(regions.skin, 0.4, 0.6, 0.1, 0.2) < 0.1
     assert _template_mean(regions.skin, 0.3, 0.7, 0.95, 1.0) < 0.1
     assert _template_mean(regions.skin, 0.0, 0.1, 0.2, 0.6) < 0.05
+    # the crown's band: the hair above the forehead, not the mouth
+    assert _template_mean(regions.crown, 0.4, 0.6, 0.1, 0.2) > 0.9
+    assert _template_mean(regions.crown, 0.4, 0.6, 0.72, 0.86) < 0.05
     # the jaw's band: the mouth and chin, not the eyes
     assert _template_mean(regions.jaw, 0.4, 0.6, 0.72, 0.86) > 0.9
     assert _template_mean(regions.jaw, 0.3, 0.7, 0.45, 0.51) < 0.05
@@ -84,6 +87,7 @@ def test_a_flat_photo_gets_maps_without_an_error() -> None:
     assert np.isfinite(regions.skin).all()
     assert np.isfinite(regions.eyes).all()
     assert np.isfinite(regions.jaw).all()
+    assert np.isfinite(regions.crown).all()
 
 
 def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None:
@@ -92,7 +96,8 @@ def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None
     skin = np.full((4, 4), 0.5, np.float32)
     eyes = np.full((4, 4), 0.25, np.float32)
     jaw = np.full((4, 4), 0.75, np.float32)
-    r = Regions(person, hair, hair, skin, eyes, jaw)
+    crown = np.full((4, 4), 0.125, np.float32)
+    r = Regions(person, hair, hair, skin, eyes, jaw, crown)
     assert r.for_sliders({"blond_hair"}) is hair
     assert r.for_sliders({"blond_hair", "gray_hair"}) is hair
     assert r.for_sliders({"blond_hair", "smiling"}) is person
@@ -103,6 +108,8 @@ def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None
     assert r.for_sliders({"eyeglasses", "smiling"}) is person
     assert r.for_sliders({"beard", "mustache"}) is jaw
     assert r.for_sliders({"beard", "eyeglasses"}) is person
+    assert r.for_sliders({"bangs"}) is crown
+    assert r.for_sliders({"bangs", "black_hair"}) is person
     assert {"black_hair", "blond_hair", "brown_hair", "gray_hair"} <= HAIR_SLIDERS
     assert "bangs" not in HAIR_SLIDERS  # a fringe covers skin: it may not be kept off it
 
@@ -259,3 +266,10 @@ def test_a_beard_changes_the_chin_and_leaves_the_eyes(engine) -> None:
     assert chin > 1.0
     assert _part(changed, 0.3, 0.7, 0.45, 0.51).mean() < 0.05 * chin  # the eyes
     assert _part(changed, 0.4, 0.6, 0.1, 0.2).max() <= 1  # hair above
+
+
+def test_a_fringe_changes_the_top_of_the_head_and_leaves_the_mouth(engine) -> None:
+    changed = _one_slider_change(engine, "bangs", 9)
+    top = _part(changed, 0.4, 0.6, 0.1, 0.3).mean()
+    assert top > 1.0
+    assert _part(changed, 0.4, 0.6, 0.74, 0.86).mean() < 0.05 * top  # the mouth and chin

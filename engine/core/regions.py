@@ -9,7 +9,8 @@ of the cheeks says which of the person's pixels are skin. Clothes are the person
 below the jaw. The hair with strands of its own (``strands``) is the hair map where the photo
 has fine detail beyond the cheeks': a stroke grows new hair elsewhere (engine.core.detail).
 Sliders about one part keep to it: hair colours to the hair, pale skin to the skin, eyeglasses
-to a band over the eyes, a moustache and a beard to the lower face (``Regions.for_sliders``).
+to a band over the eyes, a moustache and a beard to the lower face, a fringe and baldness to the
+top of the head (``Regions.for_sliders``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ EYE_BAND = (0.5, 0.48, 0.4, 0.15)
 # lower cheeks down over the chin and the jaw (the chin sits at about 0.86).
 JAW_SLIDERS = frozenset({"mustache", "beard"})
 JAW_BAND = (0.5, 0.8, 0.34, 0.2)
+# Sliders about the top of the head (a fringe, baldness): kept to the person above the eyes, the
+# hair and the forehead down to the brows.
+CROWN_SLIDERS = frozenset({"bangs", "bald"})
+CROWN_BAND = (0.5, 0.18, 0.5, 0.27)
 # The head with its hair in the canonical framing (centre x, y; radii x, y as crop fractions).
 HEAD_OUTLINE = (0.5, 0.45, 0.36, 0.42)
 # The middle of the forehead, above the brows (centre x, y; radii x, y as crop fractions).
@@ -64,6 +69,7 @@ class Regions:
     skin: np.ndarray
     eyes: np.ndarray  # the person within EYE_BAND
     jaw: np.ndarray  # the person within JAW_BAND
+    crown: np.ndarray  # the person within CROWN_BAND
 
     def resized(self, size: int) -> Regions:
         if self.person.shape[0] == size:
@@ -71,11 +77,12 @@ class Regions:
         def fit(m: np.ndarray) -> np.ndarray:
             return cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA if size < m.shape[0] else cv2.INTER_LINEAR)
         return Regions(fit(self.person), fit(self.hair), fit(self.strands), fit(self.skin), fit(self.eyes),
-                       fit(self.jaw))
+                       fit(self.jaw), fit(self.crown))
 
     def for_sliders(self, names: Iterable[str]) -> np.ndarray:
         """Where the change of these sliders may show: the hair when every one is about the
-        hair, the skin, the eyes or the jaw when every one is about them, the whole person otherwise."""
+        hair, the skin, the eyes, the jaw or the crown when every one is about them, the whole
+        person otherwise."""
         names = set(names)
         if names and names <= HAIR_SLIDERS:
             return self.hair
@@ -85,6 +92,8 @@ class Regions:
             return self.eyes
         if names and names <= JAW_SLIDERS:
             return self.jaw
+        if names and names <= CROWN_SLIDERS:
+            return self.crown
         return self.person
 
 
@@ -192,5 +201,6 @@ def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Region
     # the bands' edges cross the cheeks: softened more
     eyes = _soften(person & _ellipse(u, v, *EYE_BAND), 2 * SOFTEN)
     jaw = _soften(person & _ellipse(u, v, *JAW_BAND), 2 * SOFTEN)
+    crown = _soften(person & _ellipse(u, v, *CROWN_BAND), 2 * SOFTEN)
     return Regions(_soften(person.astype(np.float32)), hair, hair * texture, _soften(person * skin), eyes,
-                   jaw).resized(size)
+                   jaw, crown).resized(size)

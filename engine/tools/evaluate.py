@@ -383,6 +383,7 @@ PART_SLIDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pale_skin": (("face",), ("hair", "background")),
     "eyeglasses": (("eyes",), ("mouth_and_chin", "hair")),
     "beard": (("mouth_and_chin",), ("eyes", "hair")),
+    "bangs": (("hair",), ("mouth_and_chin",)),
 }
 
 
@@ -424,7 +425,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     above the head (background), of the inner face (skin, which a hair colour must leave) and
     of the top of the head (hair, where it must show), and on photos labelled without bangs of the
     bare forehead (skin too; ``slider_bare_forehead_change_255``); for the sliders about one part
-    of the face (``PART_SLIDERS``: pale skin, eyeglasses, beard) the change at +1 where it must
+    of the face (``PART_SLIDERS``: pale skin, eyeglasses, beard, bangs) the change at +1 where it must
     show and where it must not (``NAME_PLACE_change_255``). Every edit
     is scored as exported, with the hair detail pass; the fringe also without it
     (``fringe_texture_ratio_without_detail``). On a
