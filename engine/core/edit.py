@@ -145,8 +145,8 @@ def halo_of(alpha: torch.Tensor, radius_px: float) -> torch.Tensor:
 # An orthonormal basis of RGB: lightness, red-green, yellow-blue. Squared errors in it sum to
 # the RGB squared error, so weighting its colour rows by 1 is the plain RGB error.
 OPPONENT = torch.tensor([[1 / math.sqrt(3)] * 3,
-                          [1 / math.sqrt(2), -1 / math.sqrt(2), 0.0],
-                          [1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)]])
+                         [1 / math.sqrt(2), -1 / math.sqrt(2), 0.0],
+                         [1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)]])
 
 
 def paint_loss(image: torch.Tensor, paint: torch.Tensor, alpha: torch.Tensor, chroma: float = 1.0) -> torch.Tensor:

@@ -444,7 +444,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     sliders = [a for a in engine.attributes.attributes if a.name in ("blond_hair", "black_hair")]
     fringe, fringe_plain, slider_texture, background, skin, hair, sizes = [], [], [], [], [], [], []
     parts = {name: sum(places, ()) for name, places in PART_SLIDERS.items() if name in engine.attributes.names}
-    part_changes: dict[str, list[float]] = {f"{n}_{p}": [] for n, places in parts.items() for p in places}
+    part_changes: dict[str, list[float]] = {f"{name}_{place}": [] for name, places in parts.items() for place in places}
     forehead: list[float] = []
     skipped = 0
     for f in files:
