@@ -84,17 +84,9 @@ class Regions:
         hair, the skin, the eyes, the jaw or the crown when every one is about them, the whole
         person otherwise."""
         names = set(names)
-        if names and names <= HAIR_SLIDERS:
-            return self.hair
-        if names and names <= SKIN_SLIDERS:
-            return self.skin
-        if names and names <= EYE_SLIDERS:
-            return self.eyes
-        if names and names <= JAW_SLIDERS:
-            return self.jaw
-        if names and names <= CROWN_SLIDERS:
-            return self.crown
-        return self.person
+        parts = ((HAIR_SLIDERS, self.hair), (SKIN_SLIDERS, self.skin), (EYE_SLIDERS, self.eyes),
+                 (JAW_SLIDERS, self.jaw), (CROWN_SLIDERS, self.crown))
+        return next((part for group, part in parts if names and names <= group), self.person)
 
 
 def _template_uv(size: int) -> tuple[np.ndarray, np.ndarray]:
