@@ -127,3 +127,8 @@ def test_colour_sliders_keep_their_mean_difference_direction(monkeypatch: pytest
     assert turned == [0, 3]  # smiling and blond hair, by their column in the guide
     for i, name in enumerate(a.name for a in attrs):
         assert np.array_equal(vectors[i], -before[i] if name in ("smiling", "blond_hair") else before[i]), name
+    # with only sliders that are kept, no guide is trained at all
+    attribute_learning.guide_sliders(engine, attrs[1:3], vectors[1:3], np.zeros((20, 8), np.float32), labels, names,
+                                     lambda r: np.zeros((len(r), 8, 8, 3), np.uint8), 5)  # type: ignore[arg-type]
+    assert trained_on == [(20, 4)]
+    assert turned == [0, 3]

@@ -152,6 +152,8 @@ def guide_sliders(engine: Engine, attrs: list[Attribute], vectors: list[np.ndarr
     direction turned through the decoder (``slider_guide``); ``labels`` and ``photos`` are the
     encoded faces' (rows of ``latents``)."""
     sliders = [(i, a) for i, a in enumerate(attrs) if a.kind is SliderKind.DIRECTION]
+    if all(a.name in NOT_TURNED for _, a in sliders):
+        return
     signed = np.stack([labels[:, names.index(SLIDERS[a.name][1])] * SLIDERS[a.name][2] for _, a in sliders], 1)
     guide = train_guide(photos, signed.astype(np.float32))
     decoder = engine.loaded.model.decoder
@@ -227,18 +229,23 @@ def _share(flags: torch.Tensor, among: np.ndarray) -> float:
     return float(flags[torch.from_numpy(among)].float().mean()) if among.any() else float("nan")
 
 
-def judge_sliders(engine: Engine, attrs: AttributeSet, judge: AttributeJudge, judge_names: list[str],
-                  test: object, n: int = 300) -> dict[str, dict[str, float]]:
-    """Per slider: flip rates both ways, other attributes' mean |score change|, outside pixel change."""
+def _labelled_faces(engine: Engine, test: object, n: int
+                    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Up to ``n`` faces of ``test`` with labels, evenly spaced: their labels, crops, latents and
+    the model's reading of their attributes (None for a plain model)."""
     labels = test.labels()  # type: ignore[attr-defined]
     known = np.nonzero(np.abs(labels).sum(1) > 0)[0]
     rows = known[np.linspace(0, len(known) - 1, min(n, len(known))).astype(int)]
     crops = to_tensor(test.images(rows))  # type: ignore[attr-defined]
-    lab = labels[rows]
-    model = engine.loaded.model  # type: ignore[attr-defined]
+    model = engine.loaded.model
     with torch.inference_mode():
-        z = model.encode(crops)
-        read = model.attributes_of(crops)
+        return labels[rows], crops, model.encode(crops), model.attributes_of(crops)
+
+
+def judge_sliders(engine: Engine, attrs: AttributeSet, judge: AttributeJudge, judge_names: list[str],
+                  test: object, n: int = 300) -> dict[str, dict[str, float]]:
+    """Per slider: flip rates both ways, other attributes' mean |score change|, outside pixel change."""
+    lab, crops, z, read = _labelled_faces(engine, test, n)
     base = judge_scores(judge, crops)
     region = face_region(crops.shape[-1])
     report: dict[str, dict[str, float]] = {}
@@ -418,22 +425,16 @@ def colour_against_real(engine: Engine, attrs: AttributeSet, test: object, n: in
     is (the top of the head for a hair colour, the face for pale skin) at +1 and +2, on held-out
     faces without the attribute, beside how held-out real photos with the attribute differ there
     from those without. A slider that tints (grey hair turning blue) differs in a* and b*."""
-    labels = test.labels()  # type: ignore[attr-defined]
     names = test.attribute_names  # type: ignore[attr-defined]
-    known = np.nonzero(np.abs(labels).sum(1) > 0)[0]
-    rows = known[np.linspace(0, len(known) - 1, min(n, len(known))).astype(int)]
-    crops = to_tensor(test.images(rows))  # type: ignore[attr-defined]
+    lab, crops, z, read = _labelled_faces(engine, test, n)
     res = crops.shape[-1]
-    with torch.inference_mode():
-        z = engine.loaded.model.encode(crops)
-        read = engine.loaded.model.attributes_of(crops)
     out: dict[str, object] = {}
     for a in attrs.attributes:
         if a.name not in COLOUR_SLIDERS or a.kind is SliderKind.PRINCIPAL or SLIDERS[a.name][1] not in names:
             continue
         _, col, sign = SLIDERS[a.name]
         region = face_region(res) if a.name == "pale_skin" else hair_top_region(res)
-        signed = labels[rows, names.index(col)] * sign
+        signed = lab[:, names.index(col)] * sign
         before = _mean_lab(crops, region)
         if not (signed > 0).any() or not (signed < 0).any():
             continue
