@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,12 @@ from engine.core.model import FaceModel, ModelConfig
 from engine.tools.data import CACHE_VERSION
 from engine.tools.train import TrainOptions, train
 from tests.conftest import TINY
+
+# `npe train` flags for a network and run as small as the tests' own
+TINY_FLAGS = ["--resolution", "32", "--latent-dim", "16", "--decoder-channels", "16,12,8,8", "--encoder-channels",
+              "4,8,8", "--discriminator-channels", "4,8,8", "--sets", "celeba", "--batch-size", "8", "--log-every", "1",
+              "--image-every", "2", "--checkpoint-every", "2", "--export-every", "4", "--adv-ramp-steps", "2",
+              "--device", "cpu"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -376,3 +383,26 @@ def test_the_classifier_warms_up_on_real_photos_before_the_first_step(tmp_path: 
     assert loss_after < loss_before
     assert any(not torch.equal(p, q) for p, q in zip(t.classifier.parameters(), before_c, strict=True))
     assert all(torch.equal(v, before_m[k]) for k, v in t.model.state_dict().items())
+
+
+def test_resume_needs_only_the_run_folder_not_its_options_again(tmp_path: Path) -> None:
+    """`npe train --out RUN --resume` continues with the run's own network and options (saved in
+    options.json); a resumed run does not need the model it grew from any more. Before, the
+    default network was built and loading the run's state failed on every layer's shape."""
+    from engine.tools.cli import main
+
+    data = make_cache(tmp_path / "data")
+    start = tmp_path / "start"
+    assert main(["train", "--data", str(data), "--out", str(start), *TINY_FLAGS, "--steps", "1"]) == 0
+    grown = ["--init-from", str(start / "model"), *TINY_FLAGS]
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "a"), *grown, "--steps", "4"]) == 0
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "b"), *grown, "--steps", "2"]) == 0
+    shutil.rmtree(start)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "b"), "--resume", "--steps", "4"]) == 0
+    a = load_file(str(tmp_path / "a" / "state.safetensors"))
+    b = load_file(str(tmp_path / "b" / "state.safetensors"))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    history = [json.loads(line) for line in (tmp_path / "b" / "options-history.jsonl").read_text().splitlines()]
+    assert [h["from_step"] for h in history] == [0, 2]
+    assert history[1]["model"] == history[0]["model"]
+    assert history[1]["steps"] == 4

@@ -191,15 +191,19 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options(cls: type[T], args: argparse.Namespace) -> T:
-    """A tool's typed options from the parsed command line (fields the line left out keep their defaults)."""
+def _options(cls: type[T], args: argparse.Namespace, base: T | None = None) -> T:
+    """A tool's typed options from the parsed command line; fields the line left out keep their
+    defaults, or ``base``'s values when it is given."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
              if getattr(args, f.name, None) is not None}
-    return cls(**given)
+    return dataclasses.replace(base, **given) if base is not None else cls(**given)  # type: ignore[type-var]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    opts = _options(TrainOptions, args)
+    # --resume continues the run with its own options (its network above all); any given here win
+    saved = Path(args.out or TrainOptions.out) / "options.json"
+    run = TrainOptions.from_dict(json.loads(saved.read_text())) if args.resume and saved.is_file() else None
+    opts = _options(TrainOptions, args, run)
     model = {f: getattr(args, f) for f in ModelConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
     if model:
         base = {k: v for k, v in opts.model.to_dict().items() if k != "grid"}  # the grid follows latent_dim

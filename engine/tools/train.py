@@ -132,8 +132,8 @@ class Trainer:
                            .to(self.device).to(memory_format=cl) if separate else None)  # type: ignore[call-overload]
         self.ema = FaceModel(self.cfg).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
         self.ema.eval().requires_grad_(False)
-        if opts.init_from:
-            self.grow_from(Path(opts.init_from))
+        if opts.init_from and not (opts.resume and (self.out / "state.safetensors").exists()):
+            self.grow_from(Path(opts.init_from))  # (a resumed run has its own weights: the start may be gone)
         self.ema.load_state_dict(self.model.state_dict())
         betas = (opts.beta1, 0.999)
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=betas)
