@@ -406,3 +406,20 @@ def test_resume_needs_only_the_run_folder_not_its_options_again(tmp_path: Path) 
     assert [h["from_step"] for h in history] == [0, 2]
     assert history[1]["model"] == history[0]["model"]
     assert history[1]["steps"] == 4
+
+
+def test_a_batch_is_converted_and_mirrored_where_it_trains_with_the_same_numbers() -> None:
+    """The bytes travel to the device and become the networks' input there: the same values as
+    the host's to_tensor of the mirrored faces, laid out channels-last."""
+    from engine.core.images import to_tensor
+    from engine.tools.train import device_batch
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (5, 8, 6, 3), dtype=np.uint8)
+    flip = np.array([True, False, True, True, False])
+    x = device_batch(pixels, flip, torch.device("cpu"))
+    mirrored = pixels.copy()
+    mirrored[flip] = mirrored[flip, :, ::-1]
+    assert torch.equal(x, to_tensor(mirrored))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(x[0], to_tensor(pixels)[0])  # the first face is mirrored
