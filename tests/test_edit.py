@@ -262,7 +262,7 @@ def test_npe_eval_measures_edits_on_whole_photos(tiny_model_dir, tmp_path, astro
     # the beard where it must show and where it must not; no figures for sliders the model lacks
     assert {"beard_mouth_and_chin_change_255", "beard_eyes_change_255", "beard_hair_change_255"} <= set(figures)
     assert all(figures[k] >= 0 for k in figures if k.startswith("beard_"))
-    assert not any(k.startswith(("pale_skin_", "eyeglasses_")) for k in figures)
+    assert not any(k.startswith(("pale_skin_", "eyeglasses_", "smiling_")) for k in figures)
 
 
 def test_the_real_fringe_reference_finds_more_texture_on_foreheads_with_bangs(tmp_path, astronaut) -> None:

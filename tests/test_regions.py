@@ -72,6 +72,11 @@ def test_the_maps_find_the_person_the_hair_and_the_background() -> None:
     # the jaw's band: the mouth and chin, not the eyes
     assert _template_mean(regions.jaw, 0.4, 0.6, 0.72, 0.86) > 0.9
     assert _template_mean(regions.jaw, 0.3, 0.7, 0.45, 0.51) < 0.05
+    # the face's band: the eyes, the cheeks, the mouth and the chin, not the hair or the shirt
+    assert _template_mean(regions.face, 0.3, 0.7, 0.45, 0.51) > 0.9
+    assert _template_mean(regions.face, 0.4, 0.6, 0.55, 0.8) > 0.9
+    assert _template_mean(regions.face, 0.4, 0.6, 0.1, 0.2) < 0.05
+    assert _template_mean(regions.face, 0.3, 0.7, 0.95, 1.0) < 0.05
     # the eyes' band: over the eyes, not the mouth or the hair above the forehead
     assert _template_mean(regions.eyes, 0.3, 0.7, 0.45, 0.51) > 0.9
     assert _template_mean(regions.eyes, 0.4, 0.6, 0.72, 0.8) < 0.05
@@ -88,6 +93,7 @@ def test_a_flat_photo_gets_maps_without_an_error() -> None:
     assert np.isfinite(regions.eyes).all()
     assert np.isfinite(regions.jaw).all()
     assert np.isfinite(regions.crown).all()
+    assert np.isfinite(regions.face).all()
 
 
 def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None:
@@ -97,7 +103,8 @@ def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None
     eyes = np.full((4, 4), 0.25, np.float32)
     jaw = np.full((4, 4), 0.75, np.float32)
     crown = np.full((4, 4), 0.125, np.float32)
-    r = Regions(person, hair, hair, skin, eyes, jaw, crown)
+    face = np.full((4, 4), 0.625, np.float32)
+    r = Regions(person, hair, hair, skin, eyes, jaw, crown, face)
     assert r.for_sliders({"blond_hair"}) is hair
     assert r.for_sliders({"blond_hair", "gray_hair"}) is hair
     assert r.for_sliders({"blond_hair", "smiling"}) is person
@@ -110,6 +117,8 @@ def test_hair_sliders_are_limited_to_the_hair_and_others_to_the_person() -> None
     assert r.for_sliders({"beard", "eyeglasses"}) is person
     assert r.for_sliders({"bangs"}) is crown
     assert r.for_sliders({"bangs", "black_hair"}) is person
+    assert r.for_sliders({"smiling", "mouth_open"}) is face
+    assert r.for_sliders({"smiling", "eyeglasses"}) is person
     assert {"black_hair", "blond_hair", "brown_hair", "gray_hair"} <= HAIR_SLIDERS
     assert "bangs" not in HAIR_SLIDERS  # a fringe covers skin: it may not be kept off it
 
@@ -273,3 +282,12 @@ def test_a_fringe_changes_the_top_of_the_head_and_leaves_the_mouth(engine) -> No
     top = _part(changed, 0.4, 0.6, 0.1, 0.3).mean()
     assert top > 1.0
     assert _part(changed, 0.4, 0.6, 0.74, 0.86).mean() < 0.05 * top  # the mouth and chin
+
+
+def test_a_smile_changes_the_face_and_leaves_the_hair_and_the_shirt(engine) -> None:
+    changed = _one_slider_change(engine, "smiling", 10)
+    mouth = _part(changed, 0.4, 0.6, 0.68, 0.8).mean()
+    assert mouth > 1.0
+    assert _part(changed, 0.3, 0.7, 0.45, 0.51).mean() > 0.5 * mouth  # the eyes smile too
+    assert _part(changed, 0.4, 0.6, 0.1, 0.2).max() <= 1  # hair above
+    assert _part(changed, 0.3, 0.7, 0.95, 1.0).mean() < 0.05 * mouth  # the shirt: the band's soft edge, a trace

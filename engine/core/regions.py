@@ -45,6 +45,13 @@ JAW_BAND = (0.5, 0.8, 0.34, 0.2)
 # hair and the forehead down to the brows.
 CROWN_SLIDERS = frozenset({"bangs", "bald"})
 CROWN_BAND = (0.5, 0.18, 0.5, 0.27)
+# Sliders about the face's expression and make-up: kept to the face from the brows to the chin,
+# cheeks and eyes included, less the hair that falls beside it (a smile moved the hair 6/255).
+# Within FACE_CORE (the eyes, the nose, the mouth) nothing counts as hair: dark eyes and brows
+# have the hair's colour.
+FACE_SLIDERS = frozenset({"smiling", "mouth_open", "heavy_makeup"})
+FACE_BAND = (0.5, 0.6, 0.3, 0.28)
+FACE_CORE = (0.5, 0.6, 0.22, 0.26)
 # The head with its hair in the canonical framing (centre x, y; radii x, y as crop fractions).
 HEAD_OUTLINE = (0.5, 0.45, 0.36, 0.42)
 # The middle of the forehead, above the brows (centre x, y; radii x, y as crop fractions).
@@ -70,6 +77,7 @@ class Regions:
     eyes: np.ndarray  # the person within EYE_BAND
     jaw: np.ndarray  # the person within JAW_BAND
     crown: np.ndarray  # the person within CROWN_BAND
+    face: np.ndarray  # the person within FACE_BAND, less the hair beside FACE_CORE
 
     def resized(self, size: int) -> Regions:
         if self.person.shape[0] == size:
@@ -77,15 +85,15 @@ class Regions:
         def fit(m: np.ndarray) -> np.ndarray:
             return cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA if size < m.shape[0] else cv2.INTER_LINEAR)
         return Regions(fit(self.person), fit(self.hair), fit(self.strands), fit(self.skin), fit(self.eyes),
-                       fit(self.jaw), fit(self.crown))
+                       fit(self.jaw), fit(self.crown), fit(self.face))
 
     def for_sliders(self, names: Iterable[str]) -> np.ndarray:
         """Where the change of these sliders may show: the hair when every one is about the
-        hair, the skin, the eyes, the jaw or the crown when every one is about them, the whole
-        person otherwise."""
+        hair, the skin, the eyes, the jaw, the crown or the face when every one is about them, the
+        whole person otherwise."""
         names = set(names)
         parts = ((HAIR_SLIDERS, self.hair), (SKIN_SLIDERS, self.skin), (EYE_SLIDERS, self.eyes),
-                 (JAW_SLIDERS, self.jaw), (CROWN_SLIDERS, self.crown))
+                 (JAW_SLIDERS, self.jaw), (CROWN_SLIDERS, self.crown), (FACE_SLIDERS, self.face))
         return next((part for group, part in parts if names and names <= group), self.person)
 
 
@@ -194,5 +202,7 @@ def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Region
     eyes = _soften(person & _ellipse(u, v, *EYE_BAND), 2 * SOFTEN)
     jaw = _soften(person & _ellipse(u, v, *JAW_BAND), 2 * SOFTEN)
     crown = _soften(person & _ellipse(u, v, *CROWN_BAND), 2 * SOFTEN)
+    hair_beside = hair * (1 - _soften(_ellipse(u, v, *FACE_CORE)))
+    face = _soften(person & _ellipse(u, v, *FACE_BAND), 2 * SOFTEN) * (1 - hair_beside)
     return Regions(_soften(person.astype(np.float32)), hair, hair * texture, _soften(person * skin), eyes,
-                   jaw, crown).resized(size)
+                   jaw, crown, face).resized(size)

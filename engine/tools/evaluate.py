@@ -384,6 +384,7 @@ PART_SLIDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "eyeglasses": (("eyes",), ("mouth_and_chin", "hair")),
     "beard": (("mouth_and_chin",), ("eyes", "hair")),
     "bangs": (("hair",), ("mouth_and_chin",)),
+    "smiling": (("mouth_and_chin",), ("hair", "background")),
 }
 
 
