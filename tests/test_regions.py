@@ -66,6 +66,7 @@ def test_the_maps_find_the_person_the_hair_and_the_background() -> None:
     assert _template_mean(regions.skin, 0.4, 0.6, 0.1, 0.2) < 0.1
     assert _template_mean(regions.skin, 0.3, 0.7, 0.95, 1.0) < 0.1
     assert _template_mean(regions.skin, 0.0, 0.1, 0.2, 0.6) < 0.05
+    assert _template_mean(regions.skin, 0.45, 0.55, 0.75, 0.78) < 0.05  # nor the lips
     # the crown's band: the hair above the forehead, not the mouth
     assert _template_mean(regions.crown, 0.4, 0.6, 0.1, 0.2) > 0.9
     assert _template_mean(regions.crown, 0.4, 0.6, 0.72, 0.86) < 0.05
@@ -239,9 +240,11 @@ def _part(changed: np.ndarray, u0: float, u1: float, v0: float, v1: float) -> np
     return changed[int(v0 * SIZE):int(v1 * SIZE), int(u0 * SIZE):int(u1 * SIZE)]
 
 
-def test_pale_skin_changes_the_face_and_leaves_the_hair(engine) -> None:
+def test_pale_skin_changes_the_face_and_leaves_the_hair_and_the_lips(engine) -> None:
     changed = _one_slider_change(engine, "pale_skin", 6)
-    assert _part(changed, 0.4, 0.6, 0.55, 0.7).mean() > 1.0  # cheeks
+    cheeks = _part(changed, 0.4, 0.6, 0.55, 0.7).mean()
+    assert cheeks > 1.0
+    assert _part(changed, 0.45, 0.55, 0.75, 0.78).mean() < 0.1 * cheeks  # the lips keep their colour (a blurred trace)
     assert _part(changed, 0.4, 0.6, 0.1, 0.2).max() <= 1  # hair above
     assert _part(changed, 0.3, 0.7, 0.93, 1.0).max() <= 1  # the shirt
 

@@ -31,8 +31,10 @@ GRABCUT_ROUNDS = 4
 SOFTEN = 0.025
 # Sliders about the hair alone: their change is kept off the face's skin and the clothes.
 HAIR_SLIDERS = frozenset({"black_hair", "blond_hair", "brown_hair", "gray_hair", "wavy_hair"})
-# Sliders about the skin alone: their change is kept off the hair and the clothes.
+# Sliders about the skin alone: their change is kept off the hair and the clothes, and off the
+# lips (centre x, y; radii x, y as crop fractions, at the template's mouth), which keep their colour.
 SKIN_SLIDERS = frozenset({"pale_skin"})
+LIPS = (0.5, 0.765, 0.1, 0.045)
 # Sliders about the eyes alone (glasses): their change is kept to a band over the eyes, the brows
 # and the bridge of the nose, out to the temples (centre x, y; radii x, y as crop fractions).
 EYE_SLIDERS = frozenset({"eyeglasses"})
@@ -204,5 +206,6 @@ def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Region
     crown = _soften(person & _ellipse(u, v, *CROWN_BAND), 2 * SOFTEN)
     hair_beside = hair * (1 - _soften(_ellipse(u, v, *FACE_CORE)))
     face = _soften(person & _ellipse(u, v, *FACE_BAND), 2 * SOFTEN) * (1 - hair_beside)
-    return Regions(_soften(person.astype(np.float32)), hair, hair * texture, _soften(person * skin), eyes,
+    skin_less_lips = _soften(person * skin) * (1 - _soften(_ellipse(u, v, *LIPS), SOFTEN / 2))
+    return Regions(_soften(person.astype(np.float32)), hair, hair * texture, skin_less_lips, eyes,
                    jaw, crown, face).resized(size)

@@ -378,9 +378,10 @@ TOP_OF_HEAD = ((0.5, 0.2), (0.2, 0.07))  # above the forehead: hair on most head
 BARE_FOREHEAD = ((0.5, 0.36), (0.11, 0.035))
 EYES = ((0.5, 0.48), (0.3, 0.08))  # both eyes and the bridge of the nose: where glasses are
 MOUTH_AND_CHIN = ((0.5, 0.74), (0.14, 0.09))  # where glasses never are, and a beard is
+LIPS = ((0.5, 0.765), (0.07, 0.025))  # within the lips: their own colour, which pale skin must leave
 # Sliders about one part of the face, at +1: (where it must show, where it must not) by name
 PART_SLIDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "pale_skin": (("face",), ("hair", "background")),
+    "pale_skin": (("face",), ("hair", "background", "lips")),
     "eyeglasses": (("eyes",), ("mouth_and_chin", "hair")),
     "beard": (("mouth_and_chin",), ("eyes", "hair")),
     "bangs": (("hair",), ("mouth_and_chin",)),
@@ -482,7 +483,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
                 forehead.append(float(diff[bare].mean()))
             session.set_sliders({})
         where = {"face": face, "hair": top, "background": outside, "eyes": _photo_pixels_of(session, EYES, True),
-                 "mouth_and_chin": _photo_pixels_of(session, MOUTH_AND_CHIN, True)}
+                 "mouth_and_chin": _photo_pixels_of(session, MOUTH_AND_CHIN, True),
+                 "lips": _photo_pixels_of(session, LIPS, True)}
         for name, places in parts.items():
             session.set_sliders({name: 1.0})
             diff = np.abs(session.composite(detail=True).astype(np.int16) - photo.pixels.astype(np.int16)).mean(axis=2)
