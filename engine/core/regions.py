@@ -200,12 +200,13 @@ def find_regions(pixels: np.ndarray, transform: np.ndarray, size: int) -> Region
     low = np.clip((v - 0.8) / 0.08, 0, 1)
     hair = hair * (1 - low * (1 - like_hair))
     hair = _soften(hair)
-    # the bands' edges cross the cheeks: softened more
-    eyes = _soften(person & _ellipse(u, v, *EYE_BAND), 2 * SOFTEN)
-    jaw = _soften(person & _ellipse(u, v, *JAW_BAND), 2 * SOFTEN)
-    crown = _soften(person & _ellipse(u, v, *CROWN_BAND), 2 * SOFTEN)
+
+    def within(band: tuple[float, float, float, float]) -> np.ndarray:
+        """The person within a band; its edges cross the cheeks, so they are softened more."""
+        return _soften(person & _ellipse(u, v, *band), 2 * SOFTEN)
+
     hair_beside = hair * (1 - _soften(_ellipse(u, v, *FACE_CORE)))
-    face = _soften(person & _ellipse(u, v, *FACE_BAND), 2 * SOFTEN) * (1 - hair_beside)
+    face = within(FACE_BAND) * (1 - hair_beside)
     skin_less_lips = _soften(person * skin) * (1 - _soften(_ellipse(u, v, *LIPS), SOFTEN / 2))
-    return Regions(_soften(person.astype(np.float32)), hair, hair * texture, skin_less_lips, eyes,
-                   jaw, crown, face).resized(size)
+    return Regions(_soften(person.astype(np.float32)), hair, hair * texture, skin_less_lips, within(EYE_BAND),
+                   within(JAW_BAND), within(CROWN_BAND), face).resized(size)
