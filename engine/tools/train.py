@@ -134,6 +134,8 @@ class Trainer:
         if opts.batch_size % self.world:
             raise ValueError(f"batch size {opts.batch_size} does not split over {self.world} processes")
         self.out = Path(opts.out)
+        # a resumed run takes its own weights (not --init-from's, whose folder may be gone)
+        self.resuming = opts.resume and (self.out / "state.safetensors").exists()
         self.cfg = opts.model
         torch.manual_seed(opts.seed)
         # channels-last: 1.4x faster convolutions on the CPU (measured), fine on GPUs
@@ -145,8 +147,8 @@ class Trainer:
                            .to(self.device).to(memory_format=cl) if separate else None)  # type: ignore[call-overload]
         self.ema = FaceModel(self.cfg).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
         self.ema.eval().requires_grad_(False)
-        if opts.init_from and not (opts.resume and (self.out / "state.safetensors").exists()):
-            self.grow_from(Path(opts.init_from))  # (a resumed run has its own weights: the start may be gone)
+        if opts.init_from and not self.resuming:
+            self.grow_from(Path(opts.init_from))
         self.ema.load_state_dict(self.model.state_dict())
         betas = (opts.beta1, 0.999)
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=betas)
@@ -529,7 +531,7 @@ class Trainer:
         o = self.opts
         t_start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
-        if o.resume and (self.out / "state.safetensors").exists():
+        if self.resuming:
             self.load_state()
         if self.rank == 0:  # before any step; a resumed run appends what it was resumed with
             (self.out / "options.json").write_text(json.dumps(o.to_dict(), indent=2) + "\n")
