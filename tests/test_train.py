@@ -423,3 +423,65 @@ def test_a_batch_is_converted_and_mirrored_where_it_trains_with_the_same_numbers
     assert torch.equal(x, to_tensor(mirrored))
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert not torch.equal(x[0], to_tensor(pixels)[0])  # the first face is mirrored
+
+
+def test_the_latent_critic_tells_nothing_when_it_says_how_common_each_attribute_is() -> None:
+    """Hiding the attributes means the critic can say no more than each one's share of faces (a
+    rare attribute's prior is far from a coin: pushing the critic to a coin moves z for nothing)."""
+    from engine.tools.train import _masked_guess
+
+    prior = torch.tensor([0.1, 0.7])
+    labels = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
+    blind = torch.logit(prior).expand(2, 2)
+    assert float(_masked_guess(blind, labels, prior)) == pytest.approx(0.0, abs=1e-6)
+    assert float(_masked_guess(torch.zeros(2, 2), labels, prior)) > 0.05  # a coin is not blind to a rare one
+    sure = _masked_guess(torch.tensor([[4.0, 0.0], [-4.0, 4.0]]), labels, prior)
+    assert float(sure) > 1.0
+    unknown_only = _masked_guess(blind + torch.tensor([[0.0, 9.0], [0.0, 0.0]]), labels, prior)
+    assert float(unknown_only) == pytest.approx(0.0, abs=1e-6)  # the unknown label's reading is left out
+
+
+def test_the_encoder_hides_the_attributes_from_the_latent_critic(tmp_path: Path) -> None:
+    """w_latent (Fader Networks): the encoder's step leaves the critic, as it was, less sure of the
+    attributes it reads in z; the critic's own step makes it surer. Both are saved with the run
+    and resume exactly; a run without it has no critic."""
+    from engine.tools.train import Trainer, _masked_guess
+
+    data = make_cache(tmp_path / "data")
+    opts = tiny_options(data, tmp_path / "a", model=CONDITIONED, w_latent=50.0, w_pix=0.0, w_feat=0.0, w_kl=0.0,
+                        w_adv=0.0, w_cls=0.0, lr=1e-3, adv_ramp_steps=1)
+    t = Trainer(opts)
+    t.load_data()
+    assert t.critic is not None
+    x, a = t.batch(0)
+    with torch.no_grad():
+        mu = t.model.encoder(x)[0]
+    teach = torch.optim.Adam(t.critic.parameters(), lr=0.01)
+    for _ in range(30):  # a critic that reads this batch's labels from the mean latent
+        loss = F.binary_cross_entropy_with_logits(t.critic(mu)[a != 0], (a[a != 0] > 0).float())
+        teach.zero_grad()
+        loss.backward()
+        teach.step()
+    before_critic = [p.detach().clone() for p in t.critic.parameters()]
+    with torch.no_grad():
+        told_before = float(_masked_guess(t.critic(mu), a, t.label_prior))
+    logged = t.train_step((x, a))
+    with torch.no_grad():
+        after_critic = [p.detach().clone() for p in t.critic.parameters()]
+        for p, old in zip(t.critic.parameters(), before_critic, strict=True):
+            p.copy_(old)
+        told_after = float(_masked_guess(t.critic(t.model.encoder(x)[0]), a, t.label_prior))
+    assert told_before > 0.5, told_before
+    assert told_after < 0.85 * told_before, told_after
+    assert any(not torch.equal(p, q) for p, q in zip(after_critic, before_critic, strict=True))
+    assert {"latent_g", "latent_d", "latent_told"} <= set(logged)
+
+    straight = train(dataclasses.replace(opts, out=str(tmp_path / "b"), steps=4))
+    state = load_file(str(straight / "state.safetensors"))
+    assert any(k.startswith("critic.") for k in state)
+    assert any(k.startswith("opt_l.") for k in state)
+    train(dataclasses.replace(opts, out=str(tmp_path / "c"), steps=2))
+    resumed = train(dataclasses.replace(opts, out=str(tmp_path / "c"), steps=4, resume=True))
+    again = load_file(str(resumed / "state.safetensors"))
+    assert [k for k in state if not torch.equal(state[k], again[k])] == []
+    assert Trainer(dataclasses.replace(opts, w_latent=0.0)).critic is None

@@ -67,6 +67,11 @@ class TrainOptions:
     # C of its own first learns the real photos' labels alone for this many batches, so that
     # the decoder's first edits are read by a classifier that knows the attributes
     classifier_warmup: int = 0
+    # conditioned models: Fader Networks' latent adversary. A critic of its own reads the attributes
+    # from the latent z; the encoder is pushed to leave it guessing, so that z carries who the person
+    # is but not the attributes, and the decoder has to take them from its attribute input to
+    # reconstruct the photo (0: off)
+    w_latent: float = 0.0
     adv_ramp_steps: int = 2000
     ema: float = 0.999
     seed: int = 0
@@ -145,6 +150,8 @@ class Trainer:
         self.disc = Discriminator(self.cfg, classify=not separate).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
         self.classifier = (AttributeClassifier(len(self.cfg.attributes), opts.classifier_resolution)
                            .to(self.device).to(memory_format=cl) if separate else None)  # type: ignore[call-overload]
+        self.critic = (LatentCritic(self.cfg.latent_dim, len(self.cfg.attributes)).to(self.device)
+                       if self.cfg.attributes and opts.w_latent else None)
         self.ema = FaceModel(self.cfg).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
         self.ema.eval().requires_grad_(False)
         if opts.init_from and not self.resuming:
@@ -155,6 +162,8 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=opts.lr, betas=betas)
         self.opt_c = (torch.optim.Adam(self.classifier.parameters(), lr=opts.lr, betas=betas)
                       if self.classifier is not None else None)
+        self.opt_l = (torch.optim.Adam(self.critic.parameters(), lr=opts.lr, betas=betas)
+                      if self.critic is not None else None)
         self.noise = torch.Generator(device=self.device)
         self.noise.manual_seed(opts.seed * 1000 + self.rank)
         self.step = 0
@@ -190,7 +199,7 @@ class Trainer:
         new = sorted(set(own) - set(taken))
         print(f"grown from {folder}: {len(taken)} tensors taken, {len(new)} new ({', '.join(new[:4])}...)",
               file=sys.stderr)
-        for prefix, module in (("disc.", self.disc), ("classifier.", self.classifier)):
+        for prefix, module in (("disc.", self.disc), ("classifier.", self.classifier), ("critic.", self.critic)):
             if module is None or self.cfg.fade_from:
                 continue
             mine = module.state_dict()
@@ -212,6 +221,9 @@ class Trainer:
         if missing:
             raise ValueError(f"the data has no labels for {', '.join(missing)}: a conditioned model needs CelebA")
         self.label_columns = [self.train_set.attribute_names.index(a) for a in self.cfg.attributes]
+        known = self.train_set.labels(np.arange(len(self.train_set)))[:, self.label_columns]
+        share = ((known > 0).sum(0) + 1) / ((known != 0).sum(0) + 2)  # what a blind reader says (Laplace)
+        self.label_prior = torch.from_numpy(share.astype(np.float32)).to(self.device)
         if len(self.train_set) < self.opts.batch_size:
             raise ValueError(f"only {len(self.train_set)} training images for batch size {self.opts.batch_size}")
         shown = self.test_set if len(self.test_set) else self.train_set  # a pack's later part alone has none held out
@@ -297,7 +309,7 @@ class Trainer:
         fade = self.set_fade(self.step)
         conditioned = bool(self.cfg.attributes)
         lr = self.learning_rate(self.step)
-        for opt in (self.opt_g, self.opt_d, self.opt_c):
+        for opt in (self.opt_g, self.opt_d, self.opt_c, self.opt_l):
             for group in opt.param_groups if opt is not None else ():
                 group["lr"] = lr
         mu, logvar, read = self.enc(x)
@@ -337,6 +349,11 @@ class Trainer:
             read_loss = _masked_bce(read, a)
             loss_g = loss_g + read_loss
             vals["read"] = read_loss
+        if self.critic is not None:  # z must not tell the attributes (the critic's best guess is a coin)
+            self.critic.requires_grad_(False)
+            hide = _masked_guess(self.critic(z), a, self.label_prior)
+            loss_g = loss_g + ramp * o.w_latent * hide
+            vals["latent_g"] = hide
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -359,13 +376,23 @@ class Trainer:
             with torch.no_grad():  # does C read the turned attribute on the edits?
                 turned = (b != a)
                 vals["edit_read"] = ((read_edit > 0) == (b > 0))[turned].float().mean()
+        if self.critic is not None:  # the critic learns to read the attributes from z as it is now
+            self.critic.requires_grad_(True)
+            read_z = self.critic(z.detach())
+            latent_d = _masked_bce(read_z, a)
+            loss_d = loss_d + latent_d
+            vals["latent_d"] = latent_d
+            with torch.no_grad():  # nats per label the critic reads in z beyond the attributes' shares
+                blind = F.binary_cross_entropy(self.label_prior.expand_as(a)[a != 0], (a[a != 0] > 0).float())
+                vals["latent_told"] = blind - latent_d
         self.opt_d.zero_grad(set_to_none=True)
-        if self.opt_c is not None:
-            self.opt_c.zero_grad(set_to_none=True)
+        for opt in (self.opt_c, self.opt_l):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
         loss_d.backward()
-        self.opt_d.step()
-        if self.opt_c is not None:
-            self.opt_c.step()
+        for opt in (self.opt_d, self.opt_c, self.opt_l):
+            if opt is not None:
+                opt.step()
 
         with torch.no_grad():
             for pe, pm in zip(self.ema.parameters(), self.model.parameters(), strict=False):
@@ -408,11 +435,12 @@ class Trainer:
         return tensors, sd["param_groups"]
 
     def _modules_saved(self) -> list[tuple[str, nn.Module]]:
-        named = [("model", self.model), ("disc", self.disc), ("ema", self.ema), ("classifier", self.classifier)]
+        named = [("model", self.model), ("disc", self.disc), ("ema", self.ema), ("classifier", self.classifier),
+                 ("critic", self.critic)]
         return [(name, m) for name, m in named if m is not None]
 
     def _optimisers_saved(self) -> list[tuple[str, torch.optim.Optimizer]]:
-        named = [("opt_g", self.opt_g), ("opt_d", self.opt_d), ("opt_c", self.opt_c)]
+        named = [("opt_g", self.opt_g), ("opt_d", self.opt_d), ("opt_c", self.opt_c), ("opt_l", self.opt_l)]
         return [(name, o) for name, o in named if o is not None]
 
     def save_state(self) -> None:
@@ -593,6 +621,19 @@ class Trainer:
             dist.destroy_process_group()
 
 
+class LatentCritic(nn.Module):
+    """Fader Networks' latent discriminator (Lample et al., NeurIPS 2017): z -> attribute logits.
+    A training loss only: it is neither the classifier C that reads the edits nor the judge."""
+
+    def __init__(self, latent_dim: int, attributes: int, width: int = 512) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, width), nn.LeakyReLU(0.2), nn.Linear(width, width),
+                                 nn.LeakyReLU(0.2), nn.Linear(width, attributes))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
 def _grown_name(key: str) -> str:
     """Where a half-resolution model's tensor goes in the network grown from it."""
     if key.startswith("decoder.to_rgb."):
@@ -611,6 +652,18 @@ def _masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if not known.any():
         return logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(logits[known], (labels[known] > 0).float())
+
+
+def _masked_guess(logits: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """How much more the readings of the known labels tell than a reader who knows only how common
+    each attribute is (``prior``, (K,), the share of faces that have it): binary cross-entropy
+    towards the prior less its floor (the prior's own entropy), so 0 when nothing is told."""
+    known = labels != 0
+    if not known.any():
+        return logits.sum() * 0.0
+    target = prior.to(logits).expand_as(logits)[known]
+    floor = -(target * target.log() + (1 - target) * (1 - target).log()).mean()
+    return F.binary_cross_entropy_with_logits(logits[known], target) - floor
 
 
 def train(opts: TrainOptions) -> Path:
