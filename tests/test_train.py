@@ -485,3 +485,22 @@ def test_the_encoder_hides_the_attributes_from_the_latent_critic(tmp_path: Path)
     again = load_file(str(resumed / "state.safetensors"))
     assert [k for k in state if not torch.equal(state[k], again[k])] == []
     assert Trainer(dataclasses.replace(opts, w_latent=0.0)).critic is None
+
+
+def test_every_gpu_recipe_is_a_valid_train_command() -> None:
+    """A lent GPU runs engine/tools/gpu_recipes_*.txt as they are: a misspelt option there costs
+    the machine's minutes, so each line must parse as `npe train` options, names unique."""
+    from engine.tools.cli import build_parser
+
+    parser = build_parser()
+    names = []
+    for recipes in sorted((ROOT / "engine" / "tools").glob("gpu_recipes_*.txt")):
+        for line in recipes.read_text().splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            name, *options = line.split()
+            names.append(name)
+            args = parser.parse_args(["train", "--data", "d", "--out", "o", *options])
+            assert args.attributes, name
+    assert names
+    assert len(names) == len(set(names))
