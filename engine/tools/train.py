@@ -68,9 +68,9 @@ class TrainOptions:
     # the decoder's first edits are read by a classifier that knows the attributes
     classifier_warmup: int = 0
     # conditioned models: Fader Networks' latent adversary. A critic of its own reads the attributes
-    # from the latent z; the encoder is pushed to leave it guessing, so that z carries who the person
-    # is but not the attributes, and the decoder has to take them from its attribute input to
-    # reconstruct the photo (0: off)
+    # from the latent z; the encoder is pushed to leave it no wiser than each attribute's share of
+    # faces (the training set's), so that z carries who the person is but not the attributes, and the
+    # decoder has to take them from its attribute input to reconstruct the photo (0: off)
     w_latent: float = 0.0
     adv_ramp_steps: int = 2000
     ema: float = 0.999
@@ -349,7 +349,7 @@ class Trainer:
             read_loss = _masked_bce(read, a)
             loss_g = loss_g + read_loss
             vals["read"] = read_loss
-        if self.critic is not None:  # z must not tell the attributes (the critic's best guess is a coin)
+        if self.critic is not None:  # z must tell the critic no more than each attribute's share of faces
             self.critic.requires_grad_(False)
             hide = _masked_guess(self.critic(z), a, self.label_prior)
             loss_g = loss_g + ramp * o.w_latent * hide
@@ -383,7 +383,7 @@ class Trainer:
             loss_d = loss_d + latent_d
             vals["latent_d"] = latent_d
             with torch.no_grad():  # nats per label the critic reads in z beyond the attributes' shares
-                blind = F.binary_cross_entropy(self.label_prior.expand_as(a)[a != 0], (a[a != 0] > 0).float())
+                blind = _masked_bce(torch.logit(self.label_prior).expand_as(a), a)
                 vals["latent_told"] = blind - latent_d
         self.opt_d.zero_grad(set_to_none=True)
         for opt in (self.opt_c, self.opt_l):
