@@ -294,14 +294,8 @@ def test_the_real_fringe_reference_finds_more_texture_on_foreheads_with_bangs(tm
 class _Identity(torch.nn.Module):
     """A 'model' that reconstructs exactly what it reads."""
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return x
-
-    def attributes_of(self, x: torch.Tensor) -> None:
-        return None
-
-    def decode(self, z: torch.Tensor, a: None = None) -> torch.Tensor:
-        return z
 
 
 def test_models_of_other_resolutions_are_scored_on_the_same_faces_at_the_same_size() -> None:

@@ -367,3 +367,45 @@ def test_the_slider_offset_is_computed_once_per_setting(engine, face_photo: Path
         s.brush_to([p])
     s.brush_end()
     assert len(calls) == 1
+
+
+def test_a_model_with_a_shortcut_edits_with_the_photos_own_feature_map(tiny_model_dir: Path, face_photo: Path,
+                                                                       tmp_path: Path) -> None:
+    """A decoder with a shortcut (AttGAN's) draws the photo from its latent and the encoder's map
+    of that photo: the session's rendition is the model's reconstruction, and a stroke still
+    moves the painted region toward the paint through the latent."""
+    import dataclasses
+    import shutil
+
+    from engine.core import checkpoint
+    from engine.core.model import FaceModel
+    from engine.core.pipeline import Engine
+    from tests.conftest import TINY, make_tiny_model
+
+    torch.manual_seed(5)
+    model = FaceModel(dataclasses.replace(TINY, shortcut=8))
+    model.load_state_dict(make_tiny_model().state_dict(), strict=False)
+    assert model.decoder.from_shortcut is not None
+    with torch.no_grad():
+        torch.nn.init.normal_(model.decoder.from_shortcut.weight, 0.0, 1.0)
+    folder = tmp_path / "model"
+    checkpoint.save_model(model.eval(), folder, model_id="tiny-shortcut")
+    for f in tiny_model_dir.glob("attributes.*"):
+        shutil.copy(f, folder / f.name)
+    s = _session(Engine.load(folder, "cpu"), face_photo)
+    with torch.no_grad():
+        loaded = s.model.model
+        assert torch.allclose(s.recon0, loaded.reconstruct(s.x), atol=1e-6)
+        assert not torch.allclose(s.recon0, loaded.decode(s.z0), atol=1e-3)  # the map matters
+    paint = torch.tensor([0.9, -0.9, 0.9]).view(3, 1, 1)
+    s.brush_begin((242, 13, 242), 8)
+    for i in range(12):
+        s.brush_to([(20 + i * 3, 40)])
+    alpha = torch.from_numpy(s.stroke.alpha.copy())
+    s.brush_end()
+
+    def err(z: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(((s.decoder(z)[0] - paint) ** 2 * alpha).sum() / alpha.sum())
+
+    assert err(s.z) < err(s.z0) * 0.995

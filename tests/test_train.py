@@ -205,6 +205,52 @@ def test_conditioned_training_learns_what_the_attributes_mean(tmp_path: Path) ->
     assert (run / "grid-0000006.png").exists()
 
 
+SHORTCUT = dataclasses.replace(CONDITIONED, shortcut=8)
+
+
+def test_a_shortcut_must_join_maps_the_encoder_and_decoder_both_have() -> None:
+    assert TINY.shortcut_resolutions() == (16, 8)
+    for wrong in (32, 4, 12):
+        with pytest.raises(ValueError, match="shortcut"):
+            dataclasses.replace(TINY, shortcut=wrong)
+
+
+def test_a_decoder_grown_with_a_shortcut_starts_as_it_was(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The shortcut's layer starts at zero: grown from a model without one, the decoder draws
+    the same reconstructions with the photo's feature map as the old model did."""
+    from engine.core.checkpoint import load_model
+    from engine.tools.train import Trainer
+
+    t = Trainer(tiny_options(tmp_path, tmp_path / "run", model=SHORTCUT, init_from=str(tiny_model_dir)))
+    plain = load_model(tiny_model_dir).model
+    grown = t.model.eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        encoded = grown.encoder(x)
+        assert encoded.shortcut is not None
+        assert encoded.shortcut.shape == (3, 8, 8, 8)  # the encoder's 8-px map
+        assert torch.allclose(grown.reconstruct(x), plain.decode(plain.encode(x)), atol=1e-6)
+
+
+def test_training_with_a_shortcut_makes_reconstructions_use_the_photos_map(tmp_path: Path) -> None:
+    """After a few steps the shortcut carries the photo to its reconstruction (the decoder's
+    output changes when the map is left out), and the exported model keeps its shortcut."""
+    from engine.core.checkpoint import load_model
+
+    data = make_cache(tmp_path / "data")
+    out = train(tiny_options(data, tmp_path / "run", model=SHORTCUT, steps=6, lr=0.002, ema=0.0))
+    loaded = load_model(out / "model")
+    assert loaded.config.shortcut == 8
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        mu, _, attrs, shortcut = loaded.model.encoder(x)
+        assert attrs is not None
+        a = torch.tanh(attrs)
+        with_map = loaded.model.decode(mu, a, shortcut)
+        without = loaded.model.decode(mu, a)
+    assert (with_map - without).abs().mean() > 1e-3
+
+
 def test_faces_without_labels_are_reconstructed_with_the_encoders_reading() -> None:
     from engine.tools.train import Trainer
 

@@ -357,7 +357,11 @@ def render(x: torch.Tensor, recon0: torch.Tensor, generated: torch.Tensor,
     return y, mask
 
 
-def render_shift(decoder: torch.nn.Module, x: torch.Tensor, z: torch.Tensor, offset: torch.Tensor,
+# a decoder as an edit calls it: (z, a) -> images (FaceModel.decoder_for)
+DecoderFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def render_shift(decoder: DecoderFn, x: torch.Tensor, z: torch.Tensor, offset: torch.Tensor,
                  settings: MaskSettings = MaskSettings(), a: torch.Tensor | None = None,
                  a_moved: torch.Tensor | None = None) -> torch.Tensor:
     """What the editor shows of crops ``x`` (N, 3, R, R) encoded as ``z`` (N, D) after a slider

@@ -14,7 +14,9 @@ convolution per resolution, plus a residual 3x3 convolution at the small ones.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +47,10 @@ class ModelConfig:
     # grown from a model of half this resolution: the new decoder block and encoder stage fade
     # in over the old ones (``fade`` goes 0 -> 1 in training); 0 when not grown
     fade_from: int = 0
+    # AttGAN's shortcut: the decoder adds the encoder's feature map of the photo at this resolution
+    # (through a 1x1 convolution that starts at zero), so a reconstruction keeps detail that the
+    # latent alone does not hold; 0: none. Without a photo (a sample from the prior) it adds nothing
+    shortcut: int = 0
 
     def __post_init__(self) -> None:
         n_up = int(round(math.log2(self.resolution / 4)))
@@ -70,8 +76,15 @@ class ModelConfig:
         object.__setattr__(self, "attributes", tuple(self.attributes))
         if self.fade_from and self.fade_from * 2 != self.resolution:
             raise ValueError(f"a model grows by doubling: {self.fade_from} px cannot fade into {self.resolution} px")
+        if self.shortcut and (self.shortcut not in self.shortcut_resolutions()):
+            raise ValueError(f"the shortcut's resolution must be one of {self.shortcut_resolutions()}, "
+                             f"got {self.shortcut}")
         if self.grid[0] * self.grid[1] != self.latent_dim:
             raise ValueError(f"grid {self.grid} does not hold latent_dim {self.latent_dim}")
+
+    def shortcut_resolutions(self) -> tuple[int, ...]:
+        """Where the encoder and decoder both have a feature map: 8, 16, ... resolution / 2."""
+        return tuple(self.resolution >> i for i in range(1, len(self.encoder_channels)) if self.resolution >> i >= 8)
 
     def to_dict(self) -> dict[str, object]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -115,12 +128,15 @@ class UpBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z (N, latent_dim), and for a conditioned decoder a (N, K) -> image (N, 3, R, R) in [-1, 1].
+    """z (N, latent_dim), and for a conditioned decoder a (N, K), and for a decoder with a shortcut
+    the encoder's feature map of the photo (``Encoded.shortcut``) -> image (N, 3, R, R) in [-1, 1].
 
     The attributes enter as learned shifts: of the first 4x4 map, and per channel after each
     up-block (AttGAN injects its attribute vector the same way, tiled over the feature maps).
     Those layers start at zero, so a decoder grown from a plain one draws the same images
     until training teaches it what ``a`` means; ``a`` left out counts as all zeros (unknown).
+    The shortcut is added after the up-block at its resolution, through a layer that also starts
+    at zero; left out, it adds nothing (what the decoder draws from a prior sample).
     """
 
     fade: torch.Tensor  # growing: the new block's weight (a buffer)
@@ -144,8 +160,16 @@ class Decoder(nn.Module):
         # growing: the old model's colour layer at half resolution, upsampled, fades out
         self.fade_rgb = nn.Conv2d(cfg.decoder_channels[-2], 3, 3, padding=1) if cfg.fade_from else None
         self.register_buffer("fade", torch.tensor(0.0 if cfg.fade_from else 1.0), persistent=bool(cfg.fade_from))
+        self.from_shortcut: nn.Conv2d | None = None
+        if cfg.shortcut:  # the encoder's map at resolution R / 2**i comes out of its stage i (0: the stem)
+            i = int(round(math.log2(cfg.resolution / cfg.shortcut)))
+            enc = (*cfg.encoder_channels[1:], cfg.encoder_channels[-1])[i - 1]
+            conv = nn.Conv2d(enc, cfg.decoder_channels[int(round(math.log2(cfg.shortcut / 4)))], 1, bias=False)
+            nn.init.zeros_(conv.weight)
+            self.from_shortcut = conv
 
-    def forward(self, z: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, a: torch.Tensor | None = None,
+                shortcut: torch.Tensor | None = None) -> torch.Tensor:
         h = self.fc(z)
         if self.cond_fc is not None and a is not None:
             h = h + self.cond_fc(a)
@@ -156,6 +180,8 @@ class Decoder(nn.Module):
             x = block(x)
             if self.cond_blocks is not None and a is not None:
                 x = x + self.cond_blocks[i](a)[:, :, None, None]
+            if self.from_shortcut is not None and shortcut is not None and x.shape[-1] == shortcut.shape[-1]:
+                x = x + self.from_shortcut(shortcut)
         out = torch.tanh(self.to_rgb(x))
         if self.fade_rgb is not None and float(self.fade) < 1:
             old = F.interpolate(torch.tanh(self.fade_rgb(half)), scale_factor=2, mode="bilinear", align_corners=False)
@@ -178,9 +204,19 @@ def _down(c_in: int, c_out: int, norm: bool, sn: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class Encoded(NamedTuple):
+    """What the encoder reads in a batch of faces."""
+
+    mu: torch.Tensor  # (N, latent_dim): the posterior's mean
+    logvar: torch.Tensor  # (N, latent_dim)
+    attributes: torch.Tensor | None  # a conditioned model's attribute logits (N, K), else None
+    shortcut: torch.Tensor | None  # the feature map the decoder's shortcut adds (ModelConfig.shortcut), else None
+
+
 class Encoder(nn.Module):
-    """image (N, 3, R, R) -> (mu, logvar), each (N, latent_dim), and for a conditioned model the
-    photo's attribute logits (N, K): where a slider on the decoder's input starts."""
+    """image (N, 3, R, R) -> ``Encoded``: (mu, logvar), each (N, latent_dim), for a conditioned
+    model the photo's attribute logits (N, K) (where a slider on the decoder's input starts), and
+    for a model with a shortcut the feature map at that resolution."""
 
     fade: torch.Tensor  # growing: the new stage's weight (a buffer)
 
@@ -195,15 +231,21 @@ class Encoder(nn.Module):
         # growing: the old model's first layer, on the image at half resolution, fades out
         self.fade_stem = nn.Sequential(nn.Conv2d(3, ch[1], 3, padding=1), _act()) if cfg.fade_from else None
         self.register_buffer("fade", torch.tensor(0.0 if cfg.fade_from else 1.0), persistent=bool(cfg.fade_from))
+        self.shortcut_at = cfg.shortcut
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor) -> Encoded:
         h = self.down[0](self.stem(x))  # (N, C1, R / 2, R / 2)
         if self.fade_stem is not None and float(self.fade) < 1:
             h = self.fade * h + (1 - self.fade) * self.fade_stem(F.avg_pool2d(x, 2))
-        h = self.down[1:](h).flatten(1)  # (N, C * 4 * 4)
-        mu, logvar = self.head(h).chunk(2, dim=1)
-        attrs = self.read_attributes(h) if self.read_attributes is not None else None
-        return mu, logvar.clamp(-12, 6), attrs
+        shortcut = h if h.shape[-1] == self.shortcut_at else None
+        for stage in self.down[1:]:
+            h = stage(h)
+            if h.shape[-1] == self.shortcut_at:
+                shortcut = h
+        flat = h.flatten(1)  # (N, C * 4 * 4)
+        mu, logvar = self.head(flat).chunk(2, dim=1)
+        attrs = self.read_attributes(flat) if self.read_attributes is not None else None
+        return Encoded(mu, logvar.clamp(-12, 6), attrs, shortcut)
 
 
 class Discriminator(nn.Module):
@@ -279,9 +321,26 @@ class FaceModel(nn.Module):
         logits = self.encoder(x)[2]
         return None if logits is None else intensities(logits)
 
-    def decode(self, z: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (N, latent_dim) (and attributes (N, K)) -> images (N, 3, R, R) in [-1, 1]."""
-        return self.decoder(z, a)
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Aligned crops -> the decoder's rendition of them: the posterior means, with the
+        attributes the encoder reads and the shortcut's feature map where the model has them."""
+        mu, _, attrs, shortcut = self.encoder(x)
+        return self.decoder(mu, None if attrs is None else intensities(attrs), shortcut)
+
+    def decoder_for(self, x: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+        """The decoder as an edit of the crops ``x`` (N or 1, 3, R, R) uses it: (z, a) -> images,
+        given the shortcut's feature map of ``x`` where the model has a shortcut."""
+        shortcut = self.encoder(x).shortcut if self.cfg.shortcut else None
+
+        def decode(z: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
+            return self.decoder(z, a, shortcut)
+        return decode
+
+    def decode(self, z: torch.Tensor, a: torch.Tensor | None = None,
+               shortcut: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (N, latent_dim) (and attributes (N, K), and the shortcut's feature map of the
+        photo) -> images (N, 3, R, R) in [-1, 1]."""
+        return self.decoder(z, a, shortcut)
 
 
 def intensities(reading: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,6 @@ class EditSession:
         self.model = model
         self.hair_detail = hair_detail  # strands where a stroke grows hair (None: the pass is skipped)
         self.device = torch.device(device)
-        self.decoder = model.model.decoder
         self.resolution = model.config.resolution
         self.latent_dim = model.config.latent_dim
         self.attributes = attributes if attributes is not None else AttributeSet.empty(self.latent_dim)
@@ -119,6 +118,8 @@ class EditSession:
             # a conditioned decoder's attribute input, as the encoder reads this photo (None: plain)
             a0 = self.model.model.attributes_of(self.x)
             self.a0 = None if a0 is None else a0.clone()
+            # the decoder as this photo's edits use it (with a shortcut, given the photo's feature map)
+            self.decoder = self.model.model.decoder_for(self.x)
             self.recon0 = self.decoder(z, self.a0).clone()
         self.z0 = z.clone()
         self.z_base = z.clone()

@@ -196,15 +196,16 @@ def slider_view(engine: Engine, attrs: AttributeSet, attr: Attribute, crops: tor
     """What the editor shows of ``crops`` with one slider at ``value``: a latent slider moves z,
     a CONDITION slider moves its entry of the decoder's attribute input ``a`` (the encoder's
     reading of the crops; None for a plain model)."""
+    with torch.inference_mode():
+        decoder = engine.loaded.model.decoder_for(crops)
     if attr.kind is SliderKind.CONDITION:
         if a is None:
             raise ValueError(f"slider {attr.name} moves the decoder's attribute input, but this model has none")
         shift = torch.zeros_like(a[:1])
         shift[0, attr.condition] = value * attr.step
-        return render_shift(engine.loaded.model.decoder, crops, z, torch.zeros_like(z[:1]), a=a,
-                            a_moved=condition_input(a, shift))
+        return render_shift(decoder, crops, z, torch.zeros_like(z[:1]), a=a, a_moved=condition_input(a, shift))
     d = attrs.direction(attr.name, hold) * attr.step
-    return render_shift(engine.loaded.model.decoder, crops, z, value * d.view(1, -1), a=a)
+    return render_shift(decoder, crops, z, value * d.view(1, -1), a=a)
 
 
 def face_region(resolution: int) -> torch.Tensor:

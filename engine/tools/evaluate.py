@@ -112,7 +112,7 @@ def reconstruction_metrics(model: torch.nn.Module, crops: np.ndarray, batch: int
         x01 = torch.from_numpy(crops[i:i + batch]).permute(0, 3, 1, 2).float() / 255
         x = resized(x01, resolution or x01.shape[-1]) * 2 - 1
         with torch.inference_mode():
-            r = model.decode(model.encode(x), model.attributes_of(x))  # type: ignore[operator]
+            r = model.reconstruct(x)  # type: ignore[operator]
         r01 = torch.from_numpy(to_uint8(r)).permute(0, 3, 1, 2).float() / 255
         r01 = resized(r01, x01.shape[-1]).clamp(0, 1)
         mse = (x01 - r01).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
@@ -290,7 +290,7 @@ def write_grid(model: torch.nn.Module, crops: np.ndarray, path: Path, latent_dim
     g = torch.Generator().manual_seed(7)
     with torch.inference_mode():
         z = model.encode(x)  # type: ignore[operator]
-        recon = model.decode(z, model.attributes_of(x))  # type: ignore[operator]
+        recon = model.reconstruct(x)  # type: ignore[operator]
         samples = model.decode(torch.randn(k, latent_dim, generator=g))  # type: ignore[operator]
         w = torch.linspace(0, 1, k).view(-1, 1)
         inter = model.decode(z[0:1] * (1 - w) + z[min(1, k - 1):min(1, k - 1) + 1] * w)  # type: ignore[operator]

@@ -312,17 +312,20 @@ class Trainer:
         for opt in (self.opt_g, self.opt_d, self.opt_c, self.opt_l):
             for group in opt.param_groups if opt is not None else ():
                 group["lr"] = lr
-        mu, logvar, read = self.enc(x)
+        mu, logvar, read, shortcut = self.enc(x)
         eps = torch.randn(mu.shape, generator=self.noise, device=self.device)
         z = mu + eps * torch.exp(0.5 * logvar)
         zp = torch.randn(mu.shape, generator=self.noise, device=self.device)
+        # a shortcut carries the photo's feature map to its reconstruction (and edits); a sample has none
+        photo = None if shortcut is None else torch.cat(
+            [shortcut, torch.zeros_like(shortcut)] + ([shortcut] if conditioned else []))
         if conditioned:  # reconstruct with the true labels, sample with none, edit with turned ones
             b = self.edited_labels(a)
             given = self.reconstruction_labels(a, read)
             edit = torch.where(b != 0, b, given)
-            out = self.dec(torch.cat([z, zp, z]), torch.cat([given, torch.zeros_like(a), edit]))
+            out = self.dec(torch.cat([z, zp, z]), torch.cat([given, torch.zeros_like(a), edit]), photo)
         else:
-            out = self.dec(torch.cat([z, zp]))
+            out = self.dec(torch.cat([z, zp]), None, photo)
         xr, xs, xe = out[:n], out[n:2 * n], out[2 * n:]
 
         # encoder + decoder
@@ -507,16 +510,16 @@ class Trainer:
         if self.rank != 0:
             return
         model = self.averaged_model()
-        z = model.encode(self.fixed_x)
+        z, _, _, shortcut = model.encoder(self.fixed_x)
         conditioned = bool(self.cfg.attributes)
-        recon = model.decode(z, self.fixed_a if conditioned else None)
+        recon = model.decode(z, self.fixed_a if conditioned else None, shortcut)
         samples = model.decode(self.fixed_z)
         rows = [torch.cat(list(self.fixed_x), 2), torch.cat(list(recon), 2),
                 torch.cat(list(samples[:8]), 2), torch.cat(list(samples[8:]), 2)]
         for k in range(min(4, len(self.cfg.attributes))):
             a = self.fixed_a.clone()
             a[:, k] = 1.0
-            rows.append(torch.cat(list(model.decode(z, a)), 2))
+            rows.append(torch.cat(list(model.decode(z, a, shortcut)), 2))
         grid = to_uint8(torch.cat(rows, 1))
         Image.fromarray(grid).save(self.out / f"grid-{self.step:07d}.png")
 
@@ -684,10 +687,11 @@ def recalibrate_batchnorm(model: FaceModel, batch: Callable[[], torch.Tensor], n
     g = torch.Generator().manual_seed(0)
     for _ in range(n):
         x = batch()
-        mu, logvar, _ = model.encoder(x)
+        mu, logvar, _, shortcut = model.encoder(x)
         eps = torch.randn(mu.shape, generator=g).to(mu)
         z = mu + eps * torch.exp(0.5 * logvar)
-        model.decoder(torch.cat([z, torch.randn(mu.shape, generator=g).to(mu)]))
+        photo = None if shortcut is None else torch.cat([shortcut, torch.zeros_like(shortcut)])
+        model.decoder(torch.cat([z, torch.randn(mu.shape, generator=g).to(mu)]), None, photo)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = 0.1
