@@ -156,13 +156,13 @@ def guide_sliders(engine: Engine, attrs: list[Attribute], vectors: list[np.ndarr
         return
     signed = np.stack([labels[:, names.index(SLIDERS[a.name][1])] * SLIDERS[a.name][2] for _, a in sliders], 1)
     guide = train_guide(photos, signed.astype(np.float32))
-    decoder = engine.loaded.model.decoder
+    decoder_for = engine.loaded.model.decoder_for  # the loader froze its weights
     for k, (i, a) in enumerate(tqdm(sliders, desc="turning the sliders through the decoder", unit="slider")):
         if a.name in NOT_TURNED:
             continue
         without = np.nonzero(signed[:, k] < 0)[0]
-        vectors[i] = guide_direction(decoder, guide, k, vectors[i], a.step, latents, photos, without, iterations,
-                                     seed=k)
+        vectors[i] = guide_direction(decoder_for, guide, k, vectors[i], a.step, latents, photos, without,
+                                     iterations, seed=k)
 
 
 def label_holds(labels: np.ndarray, names: list[str]) -> dict[str, tuple[str, ...]]:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from engine.core.edit import DecoderFn
 from engine.core.images import to_tensor
 from engine.core.model import AttributeClassifier
 
@@ -87,27 +88,28 @@ def _chroma(change: torch.Tensor) -> torch.Tensor:
     return torch.stack([m[:, 0] - m[:, 1], (m[:, 0] + m[:, 1]) / 2 - m[:, 2]], 1)
 
 
-def guide_direction(decoder: nn.Module, guide: AttributeClassifier, k: int, direction: np.ndarray, step: float,
-                    latents: np.ndarray, photos: Callable[[np.ndarray], np.ndarray], without: np.ndarray,
-                    iterations: int, seed: int = 0) -> np.ndarray:
+def guide_direction(decoder_for: Callable[[torch.Tensor], DecoderFn], guide: AttributeClassifier, k: int,
+                    direction: np.ndarray, step: float, latents: np.ndarray, photos: Callable[[np.ndarray], np.ndarray],
+                    without: np.ndarray, iterations: int, seed: int = 0) -> np.ndarray:
     """Turn the unit ``direction`` of attribute ``k`` (its step length kept) so that the guide
     reads the attribute on photos ``without`` it (rows of ``latents`` / ``photos``) after a +1
-    step; returns the new unit direction."""
+    step; returns the new unit direction. ``decoder_for`` gives the decoder as edits of those
+    photos use it (``FaceModel.decoder_for``); its weights are not trained."""
     rng = np.random.default_rng(seed)
     v0 = torch.from_numpy(direction.astype(np.float32))
     u = nn.Parameter(v0.clone())
     opt = torch.optim.Adam([u], lr=0.02)
     others = [j for j in range(guide.classify.out_features) if j != k]
-    decoder.requires_grad_(False)
     for _ in range(iterations):
         rows = rng.choice(without, min(32, len(without)), replace=False)
         z = torch.from_numpy(latents[rows])
         x = to_tensor(photos(rows))
         with torch.no_grad():
-            g0 = decoder(z)
-            plain = decoder(z + v0 * step) - g0
+            decoder = decoder_for(x)
+            g0 = decoder(z, None)  # a conditioned decoder's attribute input left unknown
+            plain = decoder(z + v0 * step, None) - g0
             before = torch.sigmoid(guide(x))
-        change = decoder(z + u / u.norm() * step) - g0
+        change = decoder(z + u / u.norm() * step, None) - g0
         logits = guide((x + change).clamp(-1, 1))
         gain = F.softplus(-logits[:, k]).mean()
         keep = (torch.sigmoid(logits[:, others]) - before[:, others]).abs().mean()
