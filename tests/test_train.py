@@ -373,6 +373,34 @@ def test_a_classifier_of_its_own_reads_shrunk_shifted_images_and_learns_from_rea
     assert [k for k in state if not torch.equal(state[k], again[k])] == []
 
 
+def test_a_grey_classifier_reads_shape_attributes_without_colour_and_colour_ones_in_colour(tmp_path: Path) -> None:
+    """classifier_grey: C reads the attributes that are a colour from the colour image and the
+    others from a grey view whose channel weights change from image to image."""
+    from engine.tools.train import Trainer
+
+    two = dataclasses.replace(TINY, attributes=("Smiling", "Blond_Hair"))
+    t = Trainer(tiny_options(tmp_path, tmp_path / "run", model=two, classifier_resolution=16, classifier_grey=True))
+    seen: list[torch.Tensor] = []
+
+    def reader(view: torch.Tensor) -> torch.Tensor:  # reads channel 0's mean for both attributes
+        seen.append(view)
+        return view[:, 0].mean((1, 2))[:, None].expand(-1, 2)
+
+    t.classifier = reader  # type: ignore[assignment]
+    x = torch.zeros(4, 3, 32, 32)
+    x[:, 2] = 1.0  # pure blue: only the grey view, with blue's weight, reads channel 0 as bright
+    read = t.classify(x)
+    colour, grey = seen
+    assert torch.equal(colour, x)  # the colour view: the image (a shift keeps a flat image as it is)
+    assert torch.equal(grey[:, 0], grey[:, 1])
+    assert torch.equal(grey[:, 1], grey[:, 2])
+    weights = grey[:, 0, 0, 0]
+    assert bool((weights > 0).all())
+    assert len(set(weights.tolist())) == 4  # each image its own mix
+    assert torch.allclose(read[:, 0], weights)  # Smiling: from the grey view
+    assert torch.equal(read[:, 1], torch.zeros(4))  # Blond_Hair: from the colour image
+
+
 def test_growing_from_a_run_folder_takes_its_discriminator_and_classifier(tmp_path: Path) -> None:
     from engine.tools.train import Trainer
 

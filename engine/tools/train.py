@@ -40,6 +40,9 @@ from engine.core.model import AttributeClassifier, Discriminator, FaceModel, Mod
 from engine.tools.data import AlignedFaces, build_cache
 
 REAL, RECONSTRUCTED, SAMPLED = 0, 1, 2
+# the attributes that are a colour (TrainOptions.classifier_grey reads them from the colour image)
+COLOUR_ATTRIBUTES = frozenset({"Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "Heavy_Makeup",
+                               "Pale_Skin", "Rosy_Cheeks", "Wearing_Lipstick"})
 
 
 @dataclass
@@ -61,6 +64,11 @@ class TrainOptions:
     # conditioned models: C as a network of its own that reads the images shrunk to this size, each
     # batch shifted by a few pixels (0: C is a head on the discriminator and reads them at full size)
     classifier_resolution: int = 0
+    # C of its own reads every attribute but the colour ones (COLOUR_ATTRIBUTES) from a grey view
+    # of the image, each image's channels mixed by random weights: a coloured mark (a cyan rim for
+    # eyeglasses, a green glyph for bangs) then reads differently from image to image, and the
+    # decoder has to show the attribute in light and shade, as photos do
+    classifier_grey: bool = False
     # conditioned models: this fraction of each batch is edited one attribute at a time (one
     # attribute turned over, as a slider does) instead of taking another face's labels
     single_turn: float = 0.0
@@ -150,6 +158,8 @@ class Trainer:
         self.disc = Discriminator(self.cfg, classify=not separate).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
         self.classifier = (AttributeClassifier(len(self.cfg.attributes), opts.classifier_resolution)
                            .to(self.device).to(memory_format=cl) if separate else None)  # type: ignore[call-overload]
+        self.colour_attributes = torch.tensor([name in COLOUR_ATTRIBUTES for name in self.cfg.attributes],
+                                              dtype=torch.bool, device=self.device)
         self.critic = (LatentCritic(self.cfg.latent_dim, len(self.cfg.attributes)).to(self.device)
                        if self.cfg.attributes and opts.w_latent else None)
         self.ema = FaceModel(self.cfg).to(self.device).to(memory_format=cl)  # type: ignore[call-overload]
@@ -295,6 +305,19 @@ class Trainer:
         padded = F.pad(x, (r, r, r, r), mode="replicate")
         return padded[:, :, r + dy:r + dy + x.shape[-2], r + dx:r + dx + x.shape[-1]]
 
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """C of its own on a batch (``classifier_view``): (N, K) logits. With ``classifier_grey``
+        the attributes that are not a colour are read from the view turned grey, each image's
+        channels weighted at random (Dirichlet(1, 1, 1) weights)."""
+        assert self.classifier is not None
+        view = self.classifier_view(x)
+        read = self.classifier(view)
+        if not self.opts.classifier_grey:
+            return read
+        w = -torch.log(torch.rand((len(view), 3, 1, 1), generator=self.noise, device=self.device).clamp_min(1e-12))
+        grey = (view * (w / w.sum(1, keepdim=True))).sum(1, keepdim=True).expand_as(view).contiguous()
+        return torch.where(self.colour_attributes, read, self.classifier(grey))
+
     def set_fade(self, step: int) -> float:
         """A grown model's new layers: weight 0 at the start, 1 after ``fade_steps``."""
         alpha = min(1.0, step / max(1, self.opts.fade_steps)) if self.cfg.fade_from else 1.0
@@ -333,7 +356,7 @@ class Trainer:
         logits, feats, attr = self.disc(torch.cat([x, xr, xs, xe]))
         if self.classifier is not None:
             self.classifier.requires_grad_(False)
-            attr_edit = self.classifier(self.classifier_view(xe))
+            attr_edit = self.classify(xe)
         elif attr is not None:
             attr_edit = attr[3 * n:]
         pix = (x - xr).abs().mean()
@@ -366,7 +389,7 @@ class Trainer:
         logits_d, _, attr_d = self.disc_ddp(torch.cat([x, xr.detach(), xs.detach(), xe.detach()]))
         if self.classifier is not None:  # C of its own: it learns from the real photos alone (its
             self.classifier.requires_grad_(True)  # reading of the edits is the one the decoder just had)
-            read_real, read_edit = self.classifier(self.classifier_view(x)), attr_edit.detach()
+            read_real, read_edit = self.classify(x), attr_edit.detach()
         elif attr_d is not None:
             read_real, read_edit = attr_d[:n], attr_d[3 * n:]
         target = torch.cat([torch.full((len(t),), c, device=self.device, dtype=torch.long)
@@ -416,7 +439,7 @@ class Trainer:
         correct = known = 0.0
         for i in tqdm(range(self.opts.classifier_warmup), desc="classifier", disable=self.rank != 0):
             x, a = self.batch(i)
-            read = self.classifier(self.classifier_view(x))
+            read = self.classify(x)
             loss = _masked_bce(read, a)
             self.opt_c.zero_grad(set_to_none=True)
             loss.backward()
