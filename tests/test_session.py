@@ -369,11 +369,8 @@ def test_the_slider_offset_is_computed_once_per_setting(engine, face_photo: Path
     assert len(calls) == 1
 
 
-def test_a_model_with_a_shortcut_edits_with_the_photos_own_feature_map(tiny_model_dir: Path, face_photo: Path,
-                                                                       tmp_path: Path) -> None:
-    """A decoder with a shortcut (AttGAN's) draws the photo from its latent and the encoder's map
-    of that photo: the session's rendition is the model's reconstruction, and a stroke still
-    moves the painted region toward the paint through the latent."""
+def _shortcut_session(tiny_model_dir: Path, face_photo: Path, tmp_path: Path) -> EditSession:
+    """A session on a tiny model whose decoder has a shortcut at 8 px, its layer made to matter."""
     import dataclasses
     import shutil
 
@@ -392,7 +389,15 @@ def test_a_model_with_a_shortcut_edits_with_the_photos_own_feature_map(tiny_mode
     checkpoint.save_model(model.eval(), folder, model_id="tiny-shortcut")
     for f in tiny_model_dir.glob("attributes.*"):
         shutil.copy(f, folder / f.name)
-    s = _session(Engine.load(folder, "cpu"), face_photo)
+    return _session(Engine.load(folder, "cpu"), face_photo)
+
+
+def test_a_model_with_a_shortcut_edits_with_the_photos_own_feature_map(tiny_model_dir: Path, face_photo: Path,
+                                                                       tmp_path: Path) -> None:
+    """A decoder with a shortcut (AttGAN's) draws the photo from its latent and the encoder's map
+    of that photo: the session's rendition is the model's reconstruction, and a stroke still
+    moves the painted region toward the paint through the latent."""
+    s = _shortcut_session(tiny_model_dir, face_photo, tmp_path)
     with torch.no_grad():
         loaded = s.model.model
         assert torch.allclose(s.recon0, loaded.reconstruct(s.x), atol=1e-6)
@@ -409,3 +414,33 @@ def test_a_model_with_a_shortcut_edits_with_the_photos_own_feature_map(tiny_mode
             return float(((s.decoder(z)[0] - paint) ** 2 * alpha).sum() / alpha.sum())
 
     assert err(s.z) < err(s.z0) * 0.995
+
+
+def test_the_photos_map_fades_where_the_brush_reaches_and_comes_back_on_undo(tiny_model_dir: Path, face_photo: Path,
+                                                                              tmp_path: Path) -> None:
+    """With a shortcut, the decoder gets the photo's map everywhere but where the strokes reach
+    (there the latent alone draws the face, so a stroke can change it). G(z0), what the edit is
+    measured from, takes the same map, so the fade by itself is no change; undo brings the whole
+    map back, and a sampled face gets none."""
+    s = _shortcut_session(tiny_model_dir, face_photo, tmp_path)
+    full = s.photo_map
+    assert full is not None
+    assert torch.equal(s.kept_map(), full)
+    s.paint((20, 20, 20), 4, [(24 + i, 30) for i in range(10)])
+    kept = s.kept_map()
+    reach = torch.from_numpy(s.reach)
+    cells = torch.nn.functional.adaptive_max_pool2d(reach[None, None], full.shape[-2:])[0, 0]
+    assert bool((cells == 0).any())
+    assert bool((cells == 1).any())
+    assert torch.equal(kept[..., cells == 0], full[..., cells == 0])  # untouched where the brush does not reach
+    assert torch.equal(kept[..., cells == 1], torch.zeros_like(full[..., cells == 1]))  # gone under the stroke
+    with torch.no_grad():
+        loaded = s.model.model
+        assert torch.allclose(s.recon0, loaded.decode(s.z0, s.a0, kept), atol=1e-6)
+        assert torch.allclose(s.generate(s.z), loaded.decode(s.z, s.a, kept), atol=1e-6)
+    s.undo()
+    assert torch.equal(s.kept_map(), full)
+    with torch.no_grad():
+        assert torch.allclose(s.recon0, s.model.model.reconstruct(s.x), atol=1e-6)
+    s.sample(seed=1)
+    assert not s.kept_map().any()

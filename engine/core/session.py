@@ -4,6 +4,8 @@ State (all on the engine side, never touched by Qt):
     photo      the decoded photo (full resolution, upright)
     face       the chosen face and its alignment transform
     x, z0      the aligned crop and its encoding; recon0 = G(z0)
+    photo_map  for a model with a shortcut, the encoder's feature map of the crop: the decoder
+               gets it everywhere but where the brush reaches (there z alone draws the face)
     z_base     the latent the brush and the latent canvas edit
     sliders    attribute offsets; the decoder sees z = z_base + sum_a v_a * dir_a
     hold       whether sliders hold their correlated attributes fixed (part of the edit)
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engine.core import align
 from engine.core.attributes import AttributeSet, SliderValues, condition_input
@@ -30,6 +33,7 @@ from engine.core.detail import HairDetail, StrandLayer, growth_map
 from engine.core.edit import (
     BrushOptimizer,
     BrushRule,
+    DecoderFn,
     MaskSettings,
     brush_mask,
     check_latent,
@@ -39,6 +43,7 @@ from engine.core.edit import (
 )
 from engine.core.faces import Face
 from engine.core.images import Photo, to_tensor, to_uint8
+from engine.core.model import intensities
 from engine.core.regions import Regions, find_regions
 
 REFINE_STEPS_ON_RELEASE = 4
@@ -111,16 +116,16 @@ class EditSession:
         self._regions: Regions | None = None
         self._region: tuple[frozenset[str], torch.Tensor] | None = None
         with torch.inference_mode():
+            encoded = self.model.model.encoder(self.x)
             if z0 is None:
-                z = self.model.model.encode(self.x)
+                z = encoded.mu
             else:
                 z = torch.as_tensor(z0, dtype=torch.float32, device=self.device).view(1, -1)
             # a conditioned decoder's attribute input, as the encoder reads this photo (None: plain)
-            a0 = self.model.model.attributes_of(self.x)
-            self.a0 = None if a0 is None else a0.clone()
-            # the decoder as this photo's edits use it (with a shortcut, given the photo's feature map)
-            self.decoder = self.model.model.decoder_for(self.x)
-            self.recon0 = self.decoder(z, self.a0).clone()
+            self.a0 = None if encoded.attributes is None else intensities(encoded.attributes).clone()
+            self.photo_map = None if encoded.shortcut is None else encoded.shortcut.clone()
+        self._kept_map: tuple[np.ndarray | None, torch.Tensor] | None = None
+        self._recon0: tuple[np.ndarray | None, torch.Tensor] | None = None
         self.z0 = z.clone()
         self.z_base = z.clone()
         self.sliders = SliderValues()
@@ -141,8 +146,12 @@ class EditSession:
         self.device = torch.device(device)
         if self.a0 is not None:
             self.a0 = self.a0.to(self.device)
-        for name in ("x", "recon0", "z0", "z_base"):
+        for name in ("x", "z0", "z_base"):
             setattr(self, name, getattr(self, name).to(self.device))
+        if self.photo_map is not None:
+            self.photo_map = self.photo_map.to(self.device)
+        self._kept_map = None
+        self._recon0 = None
         self._plain = None
         self._growth = None
         self._strands = None
@@ -179,6 +188,41 @@ class EditSession:
             return None
         offset = self.attributes.condition_offset(self.sliders, self.a0.shape[1]).to(self.device)
         return condition_input(self.a0, offset)
+
+    def kept_map(self) -> torch.Tensor | None:
+        """The photo's feature map as the decoder gets it (a model with a shortcut; else None):
+        faded out where the brush reaches, so that there the latent alone draws the face and a
+        stroke can change it; none at all when the change may show everywhere (after the latent
+        canvas or a sample). Kept while the reach stays the same."""
+        if self.photo_map is None:
+            return None
+        if self._kept_map is None or self._kept_map[0] is not self.reach:
+            reach = self.reach_tensor()
+            if reach is None:
+                kept = torch.zeros_like(self.photo_map)
+            else:  # a cell of the map is faded by the most the reach covers of it
+                kept = self.photo_map * (1 - F.adaptive_max_pool2d(reach, self.photo_map.shape[-2:]))
+            self._kept_map = (self.reach, kept)
+        return self._kept_map[1]
+
+    @property
+    def decoder(self) -> DecoderFn:
+        """The decoder as this photo's edits use it now: (z, a) -> images, given ``kept_map``."""
+        photo_map = self.kept_map()
+
+        def decode(z: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
+            return self.model.model.decoder(z, a, photo_map)
+        return decode
+
+    @property
+    def recon0(self) -> torch.Tensor:
+        """G(z0) with the photo's own attributes: what the edits are measured from. With a
+        shortcut it follows the reach as ``kept_map`` does, so that fading the map out is no change."""
+        key = self.reach if self.photo_map is not None else None
+        if self._recon0 is None or self._recon0[0] is not key:
+            with torch.inference_mode():
+                self._recon0 = (key, self.decoder(self.z0, self.a0).clone())
+        return self._recon0[1]
 
     def generate(self, z: torch.Tensor, sliders: bool = True) -> torch.Tensor:
         """The decoder at ``z``, with the attribute input the sliders set (or the photo's own)."""
