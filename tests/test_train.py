@@ -232,13 +232,16 @@ def test_a_decoder_grown_with_a_shortcut_starts_as_it_was(tmp_path: Path, tiny_m
         assert torch.allclose(grown.reconstruct(x), plain.decode(plain.encode(x)), atol=1e-6)
 
 
-def test_training_with_a_shortcut_makes_reconstructions_use_the_photos_map(tmp_path: Path) -> None:
+@pytest.mark.parametrize("drop", [0.0, 1.0])
+def test_training_with_a_shortcut_makes_reconstructions_use_the_photos_map(tmp_path: Path, drop: float) -> None:
     """After a few steps the shortcut carries the photo to its reconstruction (the decoder's
-    output changes when the map is left out), and the exported model keeps its shortcut."""
+    output changes when the map is left out), and the exported model keeps its shortcut. With
+    every map dropped (shortcut_drop 1) the decoder never sees one, and its layer stays at zero."""
     from engine.core.checkpoint import load_model
 
     data = make_cache(tmp_path / "data")
-    out = train(tiny_options(data, tmp_path / "run", model=SHORTCUT, steps=6, lr=0.002, ema=0.0))
+    out = train(tiny_options(data, tmp_path / "run", model=SHORTCUT, steps=6, lr=0.002, ema=0.0,
+                             shortcut_drop=drop))
     loaded = load_model(out / "model")
     assert loaded.config.shortcut == 8
     x = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -248,7 +251,31 @@ def test_training_with_a_shortcut_makes_reconstructions_use_the_photos_map(tmp_p
         a = torch.tanh(attrs)
         with_map = loaded.model.decode(mu, a, shortcut)
         without = loaded.model.decode(mu, a)
-    assert (with_map - without).abs().mean() > 1e-3
+    if drop == 0.0:
+        assert (with_map - without).abs().mean() > 1e-3
+    else:
+        assert torch.equal(with_map, without)
+
+
+def test_training_keeps_random_parts_of_the_photos_map() -> None:
+    """kept_regions: with shortcut_drop 0 every map is kept whole; above it, that share of the
+    faces keeps none and the others lose soft-edged rectangles (some faces none of them)."""
+    from engine.tools.train import kept_regions
+
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(kept_regions(8, 16, 0.0, g), torch.ones(8, 1, 16, 16))
+    assert not kept_regions(8, 16, 1.0, g).any()
+    keep = kept_regions(400, 16, 0.25, g)
+    assert keep.shape == (400, 1, 16, 16)
+    assert float(keep.min()) == 0.0
+    assert float(keep.max()) == 1.0
+    none = (keep.flatten(1).amax(1) == 0).float().mean()
+    assert 0.18 < float(none) < 0.32  # the whole map dropped for about a quarter of the faces
+    whole = (keep.flatten(1).amin(1) == 1).float().mean()
+    assert 0.04 < float(whole) < 0.15  # no rectangle for 1/8 of the rest
+    assert bool(((keep > 0) & (keep < 1)).any())  # soft edges
+    holes = (keep < 1).flatten(1).float().mean(1)[keep.flatten(1).amax(1) > 0]
+    assert 0.1 < float(holes.mean()) < 0.6
 
 
 def test_faces_without_labels_are_reconstructed_with_the_encoders_reading() -> None:

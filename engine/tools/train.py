@@ -75,6 +75,11 @@ class TrainOptions:
     # C of its own first learns the real photos' labels alone for this many batches, so that
     # the decoder's first edits are read by a classifier that knows the attributes
     classifier_warmup: int = 0
+    # a model with a shortcut: the share of faces whose feature map the decoder gets none of in
+    # training. Above 0, the other faces' maps also lose 0 to 3 random rectangles (``kept_regions``),
+    # so that the latent still learns to draw the whole face: the editor fades the map out where the
+    # brush reaches, and there a stroke moves the latent alone (0: the whole map always)
+    shortcut_drop: float = 0.0
     # conditioned models: Fader Networks' latent adversary. A critic of its own reads the attributes
     # from the latent z; the encoder is pushed to leave it no wiser than each attribute's share of
     # faces (the training set's), so that z carries who the person is but not the attributes, and the
@@ -340,8 +345,7 @@ class Trainer:
         z = mu + eps * torch.exp(0.5 * logvar)
         zp = torch.randn(mu.shape, generator=self.noise, device=self.device)
         # a shortcut carries the photo's feature map to its reconstruction (and edits); a sample has none
-        photo = None if shortcut is None else torch.cat(
-            [shortcut, torch.zeros_like(shortcut)] + ([shortcut] if conditioned else []))
+        photo = None if shortcut is None else photo_maps(shortcut, o.shortcut_drop, self.noise, edits=conditioned)
         if conditioned:  # reconstruct with the true labels, sample with none, edit with turned ones
             b = self.edited_labels(a)
             given = self.reconstruction_labels(a, read)
@@ -520,7 +524,7 @@ class Trainer:
         model = FaceModel(self.cfg).to(self.device)
         model.load_state_dict(self.ema.state_dict())
         rng = np.random.default_rng([self.opts.seed, self.step, 99])
-        return recalibrate_batchnorm(model, lambda: self._random_batch(rng))
+        return recalibrate_batchnorm(model, lambda: self._random_batch(rng), drop=self.opts.shortcut_drop)
 
     def _random_batch(self, rng: np.random.Generator) -> torch.Tensor:
         rows = rng.choice(len(self.train_set), self.opts.batch_size, replace=False)
@@ -672,6 +676,38 @@ def _grown_name(key: str) -> str:
     return key
 
 
+def kept_regions(n: int, size: int, whole: float, generator: torch.Generator) -> torch.Tensor:
+    """(n, 1, size, size) in [0, 1]: how much of each face's feature map the decoder keeps in
+    training (``TrainOptions.shortcut_drop`` = ``whole``). A share ``whole`` of the faces keeps
+    none; the others lose 0 to 3 random rectangles (each side 1/8 to 1/2 of the map), their edges
+    softened over a cell as the editor's fade under the brush is. 0: everything kept."""
+    dev = generator.device
+    keep = torch.ones(n, 1, size, size, device=dev)
+    if whole <= 0:
+        return keep
+
+    def uniform() -> torch.Tensor:
+        return torch.rand((n, 1, 1, 1), generator=generator, device=dev)
+    cells = torch.arange(size, device=dev, dtype=torch.float32)
+    ys, xs = cells.view(1, 1, size, 1), cells.view(1, 1, 1, size)
+    lo, hi = max(1, size // 8), max(1, size // 2)
+    for _ in range(3):
+        on = uniform() < 0.5
+        h, w = (lo + uniform() * (hi - lo + 1)).floor(), (lo + uniform() * (hi - lo + 1)).floor()
+        y0, x0 = (uniform() * (size - h + 1)).floor(), (uniform() * (size - w + 1)).floor()
+        keep = keep.masked_fill(on & (ys >= y0) & (ys < y0 + h) & (xs >= x0) & (xs < x0 + w), 0.0)
+    keep = F.avg_pool2d(keep, 3, stride=1, padding=1, count_include_pad=False)
+    return keep * (uniform() >= whole)
+
+
+def photo_maps(shortcut: torch.Tensor, drop: float, generator: torch.Generator, edits: bool = False) -> torch.Tensor:
+    """The feature maps a training batch's decoder passes get: the photos' own (parts of them kept
+    as ``kept_regions`` says) for the reconstructions, none for the samples, and for a conditioned
+    model's edits the same as the reconstructions'."""
+    kept = shortcut * kept_regions(len(shortcut), shortcut.shape[-1], drop, generator).to(shortcut)
+    return torch.cat([kept, torch.zeros_like(kept)] + ([kept] if edits else []))
+
+
 def _masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy over the known labels (+1 / -1); unknown ones (0) are left out."""
     known = labels != 0
@@ -699,9 +735,11 @@ def train(opts: TrainOptions) -> Path:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: FaceModel, batch: Callable[[], torch.Tensor], n: int = 30) -> FaceModel:
+def recalibrate_batchnorm(model: FaceModel, batch: Callable[[], torch.Tensor], n: int = 30,
+                          drop: float = 0.0) -> FaceModel:
     """Re-estimate every BN layer's statistics as training sees them: real batches through
-    the encoder, posterior and prior latents through the decoder. Returns the model in eval mode."""
+    the encoder, posterior and prior latents through the decoder (with a shortcut, the maps kept
+    as ``TrainOptions.shortcut_drop`` = ``drop`` keeps them). Returns the model in eval mode."""
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.reset_running_stats()
@@ -713,7 +751,7 @@ def recalibrate_batchnorm(model: FaceModel, batch: Callable[[], torch.Tensor], n
         mu, logvar, _, shortcut = model.encoder(x)
         eps = torch.randn(mu.shape, generator=g).to(mu)
         z = mu + eps * torch.exp(0.5 * logvar)
-        photo = None if shortcut is None else torch.cat([shortcut, torch.zeros_like(shortcut)])
+        photo = None if shortcut is None else photo_maps(shortcut, drop, g)
         model.decoder(torch.cat([z, torch.randn(mu.shape, generator=g).to(mu)]), None, photo)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -734,7 +772,7 @@ def export_run(run_dir: Path, out_dir: Path, which: str = "ema") -> Path:
         faces = AlignedFaces(build_cache(Path(opts.data), opts.model.resolution, tuple(opts.sets.split(","))), "train")
         rng = np.random.default_rng(int(meta["step"]))
         recalibrate_batchnorm(model, lambda: to_tensor(faces.images(
-            rng.choice(len(faces), opts.batch_size, replace=False))))
+            rng.choice(len(faces), opts.batch_size, replace=False))), drop=opts.shortcut_drop)
     model.eval()
     step = int(meta["step"])
     name = f"{run_dir.name}-{step}" + ("" if which == "ema" else "-live")
