@@ -420,8 +420,8 @@ def test_the_photos_map_fades_where_the_brush_reaches_and_comes_back_on_undo(tin
                                                                               tmp_path: Path) -> None:
     """With a shortcut, the decoder gets the photo's map everywhere but where the strokes reach
     (there the latent alone draws the face, so a stroke can change it). G(z0), what the edit is
-    measured from, takes the same map, so the fade by itself is no change; undo brings the whole
-    map back, and a sampled face gets none."""
+    measured from, takes the same map, so the fade by itself is no change; a set slider leaves the
+    map out, undo brings the whole map back, and a sampled face gets none."""
     s = _shortcut_session(tiny_model_dir, face_photo, tmp_path)
     full = s.photo_map
     assert full is not None
@@ -438,6 +438,14 @@ def test_the_photos_map_fades_where_the_brush_reaches_and_comes_back_on_undo(tin
         loaded = s.model.model
         assert torch.allclose(s.recon0, loaded.decode(s.z0, s.a0, kept), atol=1e-6)
         assert torch.allclose(s.generate(s.z), loaded.decode(s.z, s.a, kept), atol=1e-6)
+    name = s.attributes.attributes[0].name
+    s.set_sliders({name: 1.0})  # a slider leaves the map out everywhere, and G(z0) with it
+    assert not s.kept_map().any()
+    with torch.no_grad():
+        assert torch.allclose(s.recon0, s.model.model.decode(s.z0, s.a0), atol=1e-6)
+    s.set_sliders({})
+    assert torch.equal(s.kept_map(), kept)
+    s.undo()
     s.undo()
     assert torch.equal(s.kept_map(), full)
     with torch.no_grad():

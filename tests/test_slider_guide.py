@@ -50,7 +50,7 @@ def test_a_turned_direction_shows_its_attribute_more_and_keeps_its_length(monkey
     monkeypatch.setattr(slider_guide, "CAST_WEIGHT", 0.0)  # a random decoder's every change is coloured
     decoder, latents, photos, v = _setup()
     guide = _Stub()
-    turned = guide_direction(lambda x: decoder, guide, 1, v, 2.0, latents, lambda r: photos[r].copy(), np.arange(64),
+    turned = guide_direction(decoder, guide, 1, v, 2.0, latents, lambda r: photos[r].copy(), np.arange(64),
                              60)
     assert abs(np.linalg.norm(turned) - 1) < 1e-5
     before = _reading(decoder, guide, 1, v, latents, photos, 2.0)
@@ -73,7 +73,7 @@ def test_the_colour_term_stops_a_turn_that_only_tints_the_picture(monkeypatch: p
     drift = {}
     for weight in (0.0, 50.0):
         monkeypatch.setattr(slider_guide, "CAST_WEIGHT", weight)
-        drift[weight] = cast_of(guide_direction(lambda x: decoder, guide, 0, v, 2.0, latents,
+        drift[weight] = cast_of(guide_direction(decoder, guide, 0, v, 2.0, latents,
                                                 lambda r: photos[r].copy(), np.arange(64), 60))
     assert drift[50.0] < 0.5 * drift[0.0], drift
 
@@ -105,7 +105,7 @@ def test_colour_sliders_keep_their_mean_difference_direction(monkeypatch: pytest
 
     turned: list[int] = []
 
-    def fake_turn(decoder_for: object, guide: object, k: int, direction: np.ndarray, *args: object,
+    def fake_turn(decoder: object, guide: object, k: int, direction: np.ndarray, *args: object,
                   **kw: object) -> np.ndarray:
         turned.append(k)
         return -direction
@@ -121,7 +121,7 @@ def test_colour_sliders_keep_their_mean_difference_direction(monkeypatch: pytest
     vectors = [rng.normal(size=8).astype(np.float32) for _ in attrs]
     before = [v.copy() for v in vectors]
     labels = rng.choice(np.array([-1, 1], np.int8), (20, 4))
-    engine = SimpleNamespace(loaded=SimpleNamespace(model=SimpleNamespace(decoder_for=None)))
+    engine = SimpleNamespace(loaded=SimpleNamespace(model=SimpleNamespace(decode=None)))
     attribute_learning.guide_sliders(engine, attrs, vectors, np.zeros((20, 8), np.float32), labels, names,
                                      lambda r: np.zeros((len(r), 8, 8, 3), np.uint8), 5)  # type: ignore[arg-type]
     assert trained_on == [(20, 4)]  # the guide reads all four sliders' attributes

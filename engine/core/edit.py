@@ -357,7 +357,7 @@ def render(x: torch.Tensor, recon0: torch.Tensor, generated: torch.Tensor,
     return y, mask
 
 
-# a decoder as an edit calls it: (z, a) -> images (FaceModel.decoder_for)
+# a decoder as an edit calls it: (z, a) -> images (FaceModel.decode, EditSession.decoder)
 DecoderFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 

@@ -14,7 +14,6 @@ convolution per resolution, plus a residual 3x3 convolution at the small ones.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
@@ -326,15 +325,6 @@ class FaceModel(nn.Module):
         attributes the encoder reads and the shortcut's feature map where the model has them."""
         mu, _, attrs, shortcut = self.encoder(x)
         return self.decoder(mu, None if attrs is None else intensities(attrs), shortcut)
-
-    def decoder_for(self, x: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
-        """The decoder as an edit of the crops ``x`` (N or 1, 3, R, R) uses it: (z, a) -> images,
-        given the shortcut's feature map of ``x`` where the model has a shortcut."""
-        shortcut = self.encoder(x).shortcut if self.cfg.shortcut else None
-
-        def decode(z: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
-            return self.decoder(z, a, shortcut)
-        return decode
 
     def decode(self, z: torch.Tensor, a: torch.Tensor | None = None,
                shortcut: torch.Tensor | None = None) -> torch.Tensor:

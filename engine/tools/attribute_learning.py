@@ -156,12 +156,12 @@ def guide_sliders(engine: Engine, attrs: list[Attribute], vectors: list[np.ndarr
         return
     signed = np.stack([labels[:, names.index(SLIDERS[a.name][1])] * SLIDERS[a.name][2] for _, a in sliders], 1)
     guide = train_guide(photos, signed.astype(np.float32))
-    decoder_for = engine.loaded.model.decoder_for  # the loader froze its weights
+    decoder = engine.loaded.model.decode  # the loader froze its weights; a slider edit gets no photo map
     for k, (i, a) in enumerate(tqdm(sliders, desc="turning the sliders through the decoder", unit="slider")):
         if a.name in NOT_TURNED:
             continue
         without = np.nonzero(signed[:, k] < 0)[0]
-        vectors[i] = guide_direction(decoder_for, guide, k, vectors[i], a.step, latents, photos, without,
+        vectors[i] = guide_direction(decoder, guide, k, vectors[i], a.step, latents, photos, without,
                                      iterations, seed=k)
 
 
@@ -196,8 +196,7 @@ def slider_view(engine: Engine, attrs: AttributeSet, attr: Attribute, crops: tor
     """What the editor shows of ``crops`` with one slider at ``value``: a latent slider moves z,
     a CONDITION slider moves its entry of the decoder's attribute input ``a`` (the encoder's
     reading of the crops; None for a plain model)."""
-    with torch.inference_mode():
-        decoder = engine.loaded.model.decoder_for(crops)
+    decoder = engine.loaded.model.decode  # a slider leaves the photo's feature map out (EditSession.kept_map)
     if attr.kind is SliderKind.CONDITION:
         if a is None:
             raise ValueError(f"slider {attr.name} moves the decoder's attribute input, but this model has none")

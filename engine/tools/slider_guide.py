@@ -88,13 +88,13 @@ def _chroma(change: torch.Tensor) -> torch.Tensor:
     return torch.stack([m[:, 0] - m[:, 1], (m[:, 0] + m[:, 1]) / 2 - m[:, 2]], 1)
 
 
-def guide_direction(decoder_for: Callable[[torch.Tensor], DecoderFn], guide: AttributeClassifier, k: int,
+def guide_direction(decoder: DecoderFn, guide: AttributeClassifier, k: int,
                     direction: np.ndarray, step: float, latents: np.ndarray, photos: Callable[[np.ndarray], np.ndarray],
                     without: np.ndarray, iterations: int, seed: int = 0) -> np.ndarray:
     """Turn the unit ``direction`` of attribute ``k`` (its step length kept) so that the guide
     reads the attribute on photos ``without`` it (rows of ``latents`` / ``photos``) after a +1
-    step; returns the new unit direction. ``decoder_for`` gives the decoder as edits of those
-    photos use it (``FaceModel.decoder_for``); its weights are not trained."""
+    step; returns the new unit direction. ``decoder`` is the decoder as a slider edit uses it
+    (``FaceModel.decode``: no photo map); its weights are not trained."""
     rng = np.random.default_rng(seed)
     v0 = torch.from_numpy(direction.astype(np.float32))
     u = nn.Parameter(v0.clone())
@@ -105,7 +105,6 @@ def guide_direction(decoder_for: Callable[[torch.Tensor], DecoderFn], guide: Att
         z = torch.from_numpy(latents[rows])
         x = to_tensor(photos(rows))
         with torch.no_grad():
-            decoder = decoder_for(x)
             g0 = decoder(z, None)  # a conditioned decoder's attribute input left unknown
             plain = decoder(z + v0 * step, None) - g0
             before = torch.sigmoid(guide(x))
