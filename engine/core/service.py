@@ -333,7 +333,8 @@ class EditService:
         for a in self.engine.attributes.of_kind(SliderKind.PRINCIPAL, s.hold):
             d = a.step * s.attributes.direction(a.name, s.hold).to(s.device)
             offsets = torch.stack([v * d for v in STRIP_VALUES])
-            shown = render_shift(s.decoder, s.x.expand(n, -1, -1, -1), s.z0.expand(n, -1), offsets,
+            # as the slider will show it: a set slider leaves a shortcut's photo map out (EditSession.kept_map)
+            shown = render_shift(s.model.model.decode, s.x.expand(n, -1, -1, -1), s.z0.expand(n, -1), offsets,
                                  s.mask_settings, a=s.a0)
             tiles = [cv2.resize(t, (STRIP_SIZE, STRIP_SIZE), interpolation=cv2.INTER_AREA) for t in to_uint8(shown)]
             strips[a.name] = np.concatenate(tiles, axis=1)

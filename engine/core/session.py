@@ -5,7 +5,8 @@ State (all on the engine side, never touched by Qt):
     face       the chosen face and its alignment transform
     x, z0      the aligned crop and its encoding; recon0 = G(z0)
     photo_map  for a model with a shortcut, the encoder's feature map of the crop: the decoder
-               gets it everywhere but where the brush reaches (there z alone draws the face)
+               gets it everywhere but where the brush reaches (there z alone draws the face),
+               and none while a slider is set (``kept_map``)
     z_base     the latent the brush and the latent canvas edit
     sliders    attribute offsets; the decoder sees z = z_base + sum_a v_a * dir_a
     hold       whether sliders hold their correlated attributes fixed (part of the edit)
