@@ -125,8 +125,8 @@ class EditSession:
             # a conditioned decoder's attribute input, as the encoder reads this photo (None: plain)
             self.a0 = None if encoded.attributes is None else intensities(encoded.attributes).clone()
             self.photo_map = None if encoded.shortcut is None else encoded.shortcut.clone()
-        self._kept_map: tuple[tuple[np.ndarray | None, bool], torch.Tensor] | None = None
-        self._recon0: tuple[tuple[np.ndarray | None, bool] | None, torch.Tensor] | None = None
+        self._kept_map: tuple[np.ndarray | None, bool, torch.Tensor] | None = None
+        self._recon0: tuple[torch.Tensor | None, torch.Tensor] | None = None
         self.z0 = z.clone()
         self.z_base = z.clone()
         self.sliders = SliderValues()
@@ -190,13 +190,6 @@ class EditSession:
         offset = self.attributes.condition_offset(self.sliders, self.a0.shape[1]).to(self.device)
         return condition_input(self.a0, offset)
 
-    def _map_key(self) -> tuple[np.ndarray | None, bool]:
-        return self.reach, self.sliders_set
-
-    @staticmethod
-    def _same_key(a: tuple[np.ndarray | None, bool] | None, b: tuple[np.ndarray | None, bool] | None) -> bool:
-        return a is b or (a is not None and b is not None and a[0] is b[0] and a[1] == b[1])
-
     def kept_map(self) -> torch.Tensor | None:
         """The photo's feature map as the decoder gets it (a model with a shortcut; else None):
         faded out where the brush reaches, so that there the latent alone draws the face and a
@@ -206,15 +199,14 @@ class EditSession:
         it 1 and 4, as npe attributes judged them). Kept while the reach and that stay the same."""
         if self.photo_map is None:
             return None
-        key = self._map_key()
-        if self._kept_map is None or not self._same_key(self._kept_map[0], key):
+        if self._kept_map is None or self._kept_map[0] is not self.reach or self._kept_map[1] != self.sliders_set:
             reach = self.reach_tensor()
             if reach is None or self.sliders_set:
                 kept = torch.zeros_like(self.photo_map)
             else:  # a cell of the map is faded by the most the reach covers of it
                 kept = self.photo_map * (1 - F.adaptive_max_pool2d(reach, self.photo_map.shape[-2:]))
-            self._kept_map = (key, kept)
-        return self._kept_map[1]
+            self._kept_map = (self.reach, self.sliders_set, kept)
+        return self._kept_map[2]
 
     @property
     def decoder(self) -> DecoderFn:
@@ -229,10 +221,10 @@ class EditSession:
     def recon0(self) -> torch.Tensor:
         """G(z0) with the photo's own attributes: what the edits are measured from. With a
         shortcut it takes the map as ``kept_map`` gives it, so that leaving the map out is no change."""
-        key = self._map_key() if self.photo_map is not None else None
-        if self._recon0 is None or not self._same_key(self._recon0[0], key):
+        photo_map = self.kept_map()  # the same tensor while it stays the same (None without a shortcut)
+        if self._recon0 is None or self._recon0[0] is not photo_map:
             with torch.inference_mode():
-                self._recon0 = (key, self.decoder(self.z0, self.a0).clone())
+                self._recon0 = (photo_map, self.decoder(self.z0, self.a0).clone())
         return self._recon0[1]
 
     def generate(self, z: torch.Tensor, sliders: bool = True) -> torch.Tensor:
