@@ -107,8 +107,13 @@ def test_npe_edit_and_info_with_a_conditioned_model(tiny_conditioned_model_dir: 
         ("smiling", "condition"), ("eyeglasses", "condition"), ("pc1", "principal")]
 
 
-def test_npe_attributes_gives_a_conditioned_model_sliders_on_its_input(tiny_conditioned_model_dir: Path,
-                                                                       tmp_path: Path) -> None:
+def test_npe_attributes_keeps_the_better_judged_way_to_move_each_conditioned_attribute(
+        tiny_conditioned_model_dir: Path, tmp_path: Path, face_photo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each attribute the decoder takes is judged both as a slider on that input and as a latent
+    direction; the better one stays (here the judge's figures are tilted: smiling's input and
+    eyeglasses' direction add the attribute to more faces), the other is reported as passed over."""
+    from engine.tools import attribute_learning
     from tests.test_train import make_cache
 
     data = make_cache(tmp_path / "data", n=240, size=CONDITIONED.resolution)
@@ -120,13 +125,39 @@ def test_npe_attributes_gives_a_conditioned_model_sliders_on_its_input(tiny_cond
     (cache / "meta.json").write_text(json.dumps(meta))
     model = tmp_path / "model"
     shutil.copytree(tiny_conditioned_model_dir, model)
+    judged = attribute_learning.judge_sliders
+    better = {("smiling", SliderKind.CONDITION), ("eyeglasses", SliderKind.DIRECTION)}
+
+    def tilted(engine: Engine, attrs: AttributeSet, *args: object, **kw: object) -> dict[str, dict[str, float]]:
+        report = judged(engine, attrs, *args, **kw)  # type: ignore[arg-type]
+        for a in attrs.attributes:
+            if a.name in report:
+                report[a.name].update(flip_to_positive=0.9 if (a.name, a.kind) in better else 0.2,
+                                      judge_false_positive_before=0.1)
+        return report
+    monkeypatch.setattr(attribute_learning, "judge_sliders", tilted)
     assert main(["attributes", "--data", str(data), "--weights", str(model), "--device", "cpu"]) == 0
     attrs = AttributeSet.load(model, CONDITIONED.latent_dim)
-    kinds = {a.name: (a.kind, a.condition) for a in attrs.attributes if a.kind is not SliderKind.PRINCIPAL}
-    assert kinds == {"smiling": (SliderKind.CONDITION, 0), "eyeglasses": (SliderKind.CONDITION, 1),
-                     "male": (SliderKind.DIRECTION, -1)}
-    report = json.loads((model / "attributes.json").read_text())["evaluation"]
-    assert {"smiling", "eyeglasses", "male"} <= set(report)  # every slider judged, whatever it moves
+    kinds = {a.name: (a.kind, a.condition, a.quality) for a in attrs.attributes if a.kind is not SliderKind.PRINCIPAL}
+    assert kinds == {"smiling": (SliderKind.CONDITION, 0, "good"), "eyeglasses": (SliderKind.DIRECTION, -1, "good"),
+                     "male": (SliderKind.DIRECTION, -1, "hidden")}
+    doc = json.loads((model / "attributes.json").read_text())
+    assert {n: r["flip_to_positive"] for n, r in doc["evaluation"].items()} == {
+        "smiling": 0.9, "eyeglasses": 0.9, "male": 0.2}  # the report of the slider kept
+    assert {n: (r["kind"], r["flip_to_positive"]) for n, r in doc["passed_over"].items()} == {
+        "smiling": ("direction", 0.2), "eyeglasses": ("condition", 0.2)}
+    # every slider keeps its latent direction, the input one too (for the sliders that hold it fixed)
+    assert bool((attrs.directions[:3].norm(dim=1) > 0.99).all())
+    # in the editor, the one moves the decoder's input and the other the latent
+    s, _ = open_session(Engine.load(model, "cpu"), face_photo)
+    assert s.a0 is not None
+    z0, a0 = s.z.clone(), s.a.clone()
+    s.set_sliders({"eyeglasses": 1.0})
+    assert torch.equal(s.a, a0)
+    assert not torch.allclose(s.z, z0)
+    s.set_sliders({"smiling": 1.0})
+    assert torch.equal(s.z, z0)
+    assert s.a[0, 0] > a0[0, 0] + 1
 
 
 def test_npe_info_names_each_sliders_judged_quality(model_with_a_failed_slider: Path,
