@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,21 @@ def test_bench_prints_every_figure(model: str, face_photo: Path, capsys: pytest.
         assert figures[key] > 0, key
     assert figures["slider"] == "smiling"
     assert figures["brush_events"] == 10  # the first 10 samples warm up
+
+
+def test_bench_says_when_the_model_has_no_slider_to_time(tiny_model_dir: Path, face_photo: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    weights = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, weights)
+    for f in weights.glob("attributes.*"):
+        f.unlink()
+    assert main(["bench", "--weights", str(weights), "--device", "cpu", "--threads", "1",
+                 "--photo", str(face_photo), "--events", "20"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["slider"] is None
+    assert "npe attributes" in figures["slider_note"]
+    assert "slider_event_ms_p95" not in figures
+    assert figures["brush_event_ms_p95"] > 0
 
 
 def test_a_closed_pipe_is_not_an_error(tiny_model_dir: Path) -> None:

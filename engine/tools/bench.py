@@ -189,6 +189,9 @@ def bench(args: BenchOptions) -> dict[str, object]:
             out["slider_first_event_ms"] = round(slider[0] * 1000, 1)  # with the face's region map, found once
             out["slider_event_ms_p50"] = _ms(slider[5:], 50)
             out["slider_event_ms_p95"] = _ms(slider[5:], 95)
+        else:  # said, so that a missing figure is not read as a fast one
+            out["slider"] = None
+            out["slider_note"] = f"{engine.folder.path} has no attribute sliders: `npe attributes` makes them"
 
         t0 = time.perf_counter()
         save_image(Path(tmp) / "export.jpg", session.composite(detail=True), quality=95, photo=session.photo)
