@@ -252,3 +252,33 @@ def test_colour_sliders_are_measured_against_how_real_photos_differ(tiny_model_d
     assert entry["real_with_less_without"][0] < -30  # L*: black hair is darker
     assert {"slider_at_+1", "slider_at_+2"} <= set(entry)
     assert all(len(entry[k]) == 3 and np.isfinite(entry[k]).all() for k in ("slider_at_+1", "slider_at_+2"))
+    at_1, real = np.asarray(entry["slider_at_+1"]), np.asarray(entry["real_with_less_without"])
+    assert entry["chroma_excess_at_+1"] == pytest.approx(np.hypot(*at_1[1:]) - np.hypot(*real[1:]), abs=0.02)
+
+
+def test_a_slider_that_draws_in_one_place_is_measured_there(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Eyeglasses are measured over the eyes (MARK_REGIONS), so a coloured mark there shows in
+    a* and b*: here the labelled photos' eyes are blue, and the real difference says so."""
+    from engine.core.pipeline import Engine
+    from engine.tools.attribute_learning import MARK_REGIONS, colour_against_real
+    from engine.tools.data import AlignedFaces, aligned_cache
+    from tests.test_train import make_cache
+
+    data = make_cache(tmp_path / "data", n=200, size=TINY.resolution)
+    cache = data / f"aligned-{TINY.resolution}"
+    glasses = np.random.default_rng(5).choice(np.array([-1, 1], np.int8), 200)
+    images = np.load(cache / "images.npy")
+    eyes = MARK_REGIONS["eyeglasses"](TINY.resolution).numpy()
+    images[:, eyes] = np.where(glasses[:, None, None] > 0, [40, 60, 200], [150, 120, 100]).astype(np.uint8)
+    np.save(cache / "images.npy", images)
+    np.save(cache / "labels.npy", glasses[:, None])
+    meta = json.loads((cache / "meta.json").read_text())
+    meta["attribute_names"] = ["Eyeglasses"]
+    (cache / "meta.json").write_text(json.dumps(meta))
+    engine = Engine.load(str(tiny_model_dir), "cpu")
+    attrs = AttributeSet([Attribute("eyeglasses", "Eyeglasses", 2.0)], torch.nn.functional.normalize(
+        torch.randn(1, TINY.latent_dim), dim=1))
+    test = AlignedFaces(aligned_cache(data, TINY.resolution), split="test", sets=("celeba",))
+    entry = colour_against_real(engine, attrs, test, n=40)["eyeglasses"]
+    assert entry["real_with_less_without"][2] < -40  # b*: the blue eyes, measured where they are
+    assert np.isfinite(entry["chroma_excess_at_+1"])

@@ -462,6 +462,30 @@ def hair_top_region(resolution: int) -> torch.Tensor:
     return torch.from_numpy(((ys + 0.5) / resolution < 0.22) & (np.abs((xs + 0.5) / resolution - 0.5) < 0.25))
 
 
+def _template_box(resolution: int, x0: float, x1: float, y0: float, y1: float) -> torch.Tensor:
+    """(R, R) bool: a box of the aligned template, in fractions of the crop side."""
+    c = (np.arange(resolution, dtype=np.float32) + 0.5) / resolution
+    return torch.from_numpy(((c[:, None] >= y0) & (c[:, None] < y1)) & ((c[None, :] >= x0) & (c[None, :] < x1)))
+
+
+# Where each slider that is no colour draws its attribute in the template (the eyes sit at y 0.48,
+# x 0.37 and 0.63: engine.core.align.TEMPLATE_EYES). A coloured mark there (a blue band for
+# eyeglasses) differs from how real photos with the attribute differ in a* and b*.
+MARK_REGIONS: dict[str, Callable[[int], torch.Tensor]] = {
+    "eyeglasses": lambda r: _template_box(r, 0.22, 0.78, 0.40, 0.57),
+    "bangs": lambda r: _template_box(r, 0.28, 0.72, 0.22, 0.40),
+    "mustache": lambda r: _template_box(r, 0.35, 0.65, 0.64, 0.74),
+    "beard": lambda r: _template_box(r, 0.28, 0.72, 0.66, 0.92),
+}
+
+
+def _measured_region(name: str, resolution: int) -> torch.Tensor:
+    """Where ``colour_against_real`` measures a slider's colour."""
+    if name in MARK_REGIONS:
+        return MARK_REGIONS[name](resolution)
+    return face_region(resolution) if name == "pale_skin" else hair_top_region(resolution)
+
+
 def _mean_lab(images: torch.Tensor, region: torch.Tensor) -> np.ndarray:
     """Mean CIELAB (L*, a*, b*) of each image (N, 3, R, R in [-1, 1]) over ``region``: (N, 3)."""
     rgb = to_uint8(images).astype(np.float32) / 255  # (N, R, R, 3)
@@ -470,19 +494,23 @@ def _mean_lab(images: torch.Tensor, region: torch.Tensor) -> np.ndarray:
 
 
 def colour_against_real(engine: Engine, attrs: AttributeSet, test: object, n: int = 300) -> dict[str, object]:
-    """Per colour slider (``COLOUR_SLIDERS``): the mean CIELAB change it makes where its colour
-    is (the top of the head for a hair colour, the face for pale skin) at +1 and +2, on held-out
-    faces without the attribute, beside how held-out real photos with the attribute differ there
-    from those without. A slider that tints (grey hair turning blue) differs in a* and b*."""
+    """Per colour slider (``COLOUR_SLIDERS``) and per slider that draws in one place
+    (``MARK_REGIONS``): the mean CIELAB change it makes there (the top of the head for a hair
+    colour, the face for pale skin, the eyes for eyeglasses...) at +1 and +2, on held-out faces
+    without the attribute, beside how held-out real photos with the attribute differ there from
+    those without. A slider that tints (grey hair turning blue) or leaves a coloured mark (a blue
+    band for eyeglasses) differs in a* and b*: ``chroma_excess_at_+1`` is the length of its (a*, b*)
+    change at +1 less that of the real photos' difference (0 or below: no more colour than real)."""
     names = test.attribute_names  # type: ignore[attr-defined]
     lab, crops, z, read = _labelled_faces(engine, test, n)
     res = crops.shape[-1]
     out: dict[str, object] = {}
     for a in attrs.attributes:
-        if a.name not in COLOUR_SLIDERS or a.kind is SliderKind.PRINCIPAL or SLIDERS[a.name][1] not in names:
+        measured = a.name in COLOUR_SLIDERS or a.name in MARK_REGIONS
+        if not measured or a.kind is SliderKind.PRINCIPAL or SLIDERS[a.name][1] not in names:
             continue
         _, col, sign = SLIDERS[a.name]
-        region = face_region(res) if a.name == "pale_skin" else hair_top_region(res)
+        region = _measured_region(a.name, res)
         signed = lab[:, names.index(col)] * sign
         before = _mean_lab(crops, region)
         if not (signed > 0).any() or not (signed < 0).any():
@@ -495,6 +523,8 @@ def colour_against_real(engine: Engine, attrs: AttributeSet, test: object, n: in
         for v in (1.0, SLIDER_RANGE):
             shown = slider_view(engine, attrs, a, crops[without], z[without], a_without, v)
             entry[f"slider_at_{v:+g}"] = np.round((_mean_lab(shown, region) - before[lacks]).mean(0), 2).tolist()
+        at_1 = np.asarray(entry["slider_at_+1"])
+        entry["chroma_excess_at_+1"] = round(float(np.hypot(*at_1[1:]) - np.hypot(*real[1:])), 2)
         out[a.name] = entry
     return out
 
