@@ -287,16 +287,21 @@ def judge_sliders(engine: Engine, attrs: AttributeSet, judge: AttributeJudge, ju
     return report
 
 
+def lift_of(r: dict[str, float], key: str = "flip_to_positive") -> float:
+    """A slider report's share of faces given the attribute (``key``: at +1, or at the slider's
+    end, which falls back to +1), less the judge's false positives before (none when unknown)."""
+    base = r.get("judge_false_positive_before", 0.0)
+    return r.get(key, r["flip_to_positive"]) - (0.0 if base != base else base)
+
+
 def quality_of(r: dict[str, float]) -> str:
     """Judge a slider by how often it adds its attribute, above the judge's false positives:
     ``good`` when the +1 step does it for at least GOOD_LIFT of the faces without it, ``weak``
     when the slider's end (+SLIDER_RANGE) does it for at least WEAK_LIFT, else ``hidden``.
     Removing is not the test: a 64-pixel edit loses fine attributes (a moustache, glasses)
     by blurring them, so the judge's negative flips overstate what the slider does."""
-    base = r.get("judge_false_positive_before", 0.0)
-    base = 0.0 if base != base else base
-    lift = r["flip_to_positive"] - base
-    lift_end = r.get("flip_to_positive_at_slider_end", r["flip_to_positive"]) - base
+    lift = lift_of(r)
+    lift_end = lift_of(r, "flip_to_positive_at_slider_end")
     if lift == lift and lift >= GOOD_LIFT:
         return "good"
     if lift_end == lift_end and lift_end >= WEAK_LIFT:
@@ -308,8 +313,7 @@ def judged_rank(r: dict[str, float]) -> tuple[int, float]:
     """How well a slider did with the judge, for comparing two ways of moving one attribute: its
     quality (good > weak > hidden), then how many more faces the +1 step gave the attribute than
     the judge's false positives."""
-    base = r.get("judge_false_positive_before", 0.0)
-    lift = r["flip_to_positive"] - (0.0 if base != base else base)
+    lift = lift_of(r)
     return ({"good": 2, "weak": 1}.get(quality_of(r), 0), lift if lift == lift else -1.0)
 
 
@@ -456,16 +460,16 @@ class _Subset:
         return self.faces.images(self.rows[np.asarray(idx)])  # type: ignore[attr-defined]
 
 
-def hair_top_region(resolution: int) -> torch.Tensor:
-    """(R, R) bool: the top of the head in the template, above the forehead (hair on most faces)."""
-    ys, xs = np.mgrid[0:resolution, 0:resolution].astype(np.float32)
-    return torch.from_numpy(((ys + 0.5) / resolution < 0.22) & (np.abs((xs + 0.5) / resolution - 0.5) < 0.25))
-
-
 def _template_box(resolution: int, x0: float, x1: float, y0: float, y1: float) -> torch.Tensor:
-    """(R, R) bool: a box of the aligned template, in fractions of the crop side."""
+    """(R, R) bool: the pixels whose centres lie in a box of the aligned template, in fractions
+    of the crop side (from x0, y0 up to but not including x1, y1)."""
     c = (np.arange(resolution, dtype=np.float32) + 0.5) / resolution
     return torch.from_numpy(((c[:, None] >= y0) & (c[:, None] < y1)) & ((c[None, :] >= x0) & (c[None, :] < x1)))
+
+
+def hair_top_region(resolution: int) -> torch.Tensor:
+    """(R, R) bool: the top of the head in the template, above the forehead (hair on most faces)."""
+    return _template_box(resolution, 0.25, 0.75, 0.0, 0.22)
 
 
 # Where each slider that is no colour draws its attribute in the template (the eyes sit at y 0.48,
