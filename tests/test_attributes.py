@@ -135,15 +135,19 @@ def test_pca_directions_are_orthonormal_and_sorted() -> None:
 
 
 def test_quality_marks() -> None:
-    def q(up: float, end: float, down: float = 0.5, base: float = 0.05) -> str:
+    def q(up: float, end: float, down: float = 0.5, base: float = 0.05, **measured: float) -> str:
         return quality_of({"flip_to_positive": up, "flip_to_negative": down,
-                           "flip_to_positive_at_slider_end": end, "judge_false_positive_before": base})
+                           "flip_to_positive_at_slider_end": end, "judge_false_positive_before": base, **measured})
 
     assert q(0.8, 0.95) == "good"
     assert q(0.3, 0.6) == "weak"  # works only towards the slider's end
     assert q(0.3, 0.6, base=0.4) == "hidden"  # no better than the judge's own false positives
     assert q(0.05, 0.1, down=1.0) == "hidden"  # removing by blurring is not enough
     assert q(float("nan"), float("nan")) == "hidden"
+    # a coloured mark where the attribute goes (a blue band for eyeglasses) is weak at best
+    assert q(0.8, 0.95, **{"chroma_excess_at_+1": 9.3}) == "weak"
+    assert q(0.8, 0.95, **{"chroma_excess_at_+1": 1.8}) == "good"
+    assert q(0.3, 0.6, **{"chroma_excess_at_+1": 9.3}) == "weak"
 
 
 def test_judge_shapes() -> None:

@@ -135,15 +135,27 @@ def test_npe_attributes_keeps_the_better_judged_way_to_move_each_conditioned_att
                 report[a.name].update(flip_to_positive=0.9 if (a.name, a.kind) in better else 0.2,
                                       judge_false_positive_before=0.1)
         return report
+    measured = attribute_learning.colour_against_real
+
+    def marked(engine: Engine, attrs: AttributeSet, *args: object, **kw: object) -> dict[str, object]:
+        colour = measured(engine, attrs, *args, **kw)  # type: ignore[arg-type]
+        for a in attrs.attributes:  # eyeglasses' direction leaves a coloured band where the frames go
+            if a.name == "eyeglasses":
+                colour[a.name]["chroma_excess_at_+1"] = 9.3 if a.kind is SliderKind.DIRECTION else 0.0  # type: ignore[index]
+        return colour
     monkeypatch.setattr(attribute_learning, "judge_sliders", tilted)
+    monkeypatch.setattr(attribute_learning, "colour_against_real", marked)
     assert main(["attributes", "--data", str(data), "--weights", str(model), "--device", "cpu"]) == 0
     attrs = AttributeSet.load(model, CONDITIONED.latent_dim)
     kinds = {a.name: (a.kind, a.condition, a.quality) for a in attrs.attributes if a.kind is not SliderKind.PRINCIPAL}
-    assert kinds == {"smiling": (SliderKind.CONDITION, 0, "good"), "eyeglasses": (SliderKind.DIRECTION, -1, "good"),
+    # the direction still adds eyeglasses to more faces than the input, but its mark keeps it from good
+    assert kinds == {"smiling": (SliderKind.CONDITION, 0, "good"), "eyeglasses": (SliderKind.DIRECTION, -1, "weak"),
                      "male": (SliderKind.DIRECTION, -1, "hidden")}
     doc = json.loads((model / "attributes.json").read_text())
     assert {n: r["flip_to_positive"] for n, r in doc["evaluation"].items()} == {
         "smiling": 0.9, "eyeglasses": 0.9, "male": 0.2}  # the report of the slider kept
+    assert doc["evaluation"]["eyeglasses"]["chroma_excess_at_+1"] == 9.3
+    assert doc["passed_over"]["eyeglasses"]["chroma_excess_at_+1"] == 0.0
     assert {n: (r["kind"], r["flip_to_positive"]) for n, r in doc["passed_over"].items()} == {
         "smiling": ("direction", 0.2), "eyeglasses": ("condition", 0.2)}
     # every slider keeps its latent direction, the input one too (for the sliders that hold it fixed)
