@@ -450,11 +450,9 @@ def learn_attributes(args: AttributeOptions) -> dict[str, object]:
             r = report[a.name]
             a.quality = quality_of(r)
             if "flip_to_positive_independent" in r:
-                a.quality_independent = quality_of({
-                    "flip_to_positive": r["flip_to_positive_independent"],
-                    "flip_to_positive_at_slider_end": r["flip_to_positive_at_slider_end_independent"],
-                    "judge_false_positive_before": r["judge_false_positive_before"],
-                    **{k: v for k, v in r.items() if k == "chroma_excess_at_+1"}})
+                a.quality_independent = quality_of({  # the same report, with the correlated attributes free
+                    **r, "flip_to_positive": r["flip_to_positive_independent"],
+                    "flip_to_positive_at_slider_end": r["flip_to_positive_at_slider_end_independent"]})
     aset.save(model_dir, model_id=engine.loaded.model_id, evaluation=report,
               judge_held_out_accuracy=acc, passed_over=passed_over)
     named = [a for a in aset.attributes if a.kind is not SliderKind.PRINCIPAL]
