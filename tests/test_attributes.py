@@ -256,8 +256,33 @@ def test_colour_sliders_are_measured_against_how_real_photos_differ(tiny_model_d
     assert entry["real_with_less_without"][0] < -30  # L*: black hair is darker
     assert {"slider_at_+1", "slider_at_+2"} <= set(entry)
     assert all(len(entry[k]) == 3 and np.isfinite(entry[k]).all() for k in ("slider_at_+1", "slider_at_+2"))
-    at_1, real = np.asarray(entry["slider_at_+1"]), np.asarray(entry["real_with_less_without"])
-    assert entry["chroma_excess_at_+1"] == pytest.approx(np.hypot(*at_1[1:]) - np.hypot(*real[1:]), abs=0.02)
+    assert len(entry["chroma_excess_by_part"]) == 6  # the top of the head in 2 rows of 3
+    assert entry["chroma_excess_at_+1"] == max(entry["chroma_excess_by_part"])
+
+
+def test_a_region_is_cut_into_disjoint_parts_that_cover_it() -> None:
+    from engine.tools.attribute_learning import MARK_REGIONS, face_region, region_parts
+
+    for region in (MARK_REGIONS["eyeglasses"](64), face_region(64), MARK_REGIONS["mustache"](16)):
+        parts = region_parts(region)
+        assert len(parts) == 6
+        assert torch.equal(torch.stack(parts).sum(0), region.long())  # each pixel in exactly one part
+    eyes = region_parts(MARK_REGIONS["eyeglasses"](64))
+    cols = [torch.nonzero(p, as_tuple=True)[1].float().mean() for p in eyes[:3]]
+    assert cols[0] < cols[1] < cols[2]  # left eye, bridge, right eye
+    assert region_parts(torch.zeros(8, 8, dtype=torch.bool)) == []
+
+
+def test_a_mark_of_two_colours_is_not_averaged_away() -> None:
+    """Green on one eye and magenta on the other: the mean over the eyes has no a* change, the
+    parts' largest excess is the mark's."""
+    from engine.tools.attribute_learning import chroma_excess
+
+    change = np.array([[-5, -9, 0], [-5, 0, 0], [-5, 9, 0]], np.float32)  # L*, a*, b* per part
+    real = np.array([[-6, 1, 1], [-6, 1, 1], [-6, 1, 1]], np.float32)
+    assert abs(change.mean(0)[1]) < 1e-6
+    assert chroma_excess(change, real).max() == pytest.approx(9 - np.sqrt(2), abs=1e-4)
+    assert chroma_excess(real, real) == pytest.approx(np.zeros(3))
 
 
 def test_a_slider_that_draws_in_one_place_is_measured_there(tiny_model_dir: Path, tmp_path: Path) -> None:
