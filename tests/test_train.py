@@ -257,6 +257,35 @@ def test_training_with_a_shortcut_makes_reconstructions_use_the_photos_map(tmp_p
         assert torch.equal(with_map, without)
 
 
+@pytest.mark.parametrize("without", [False, True])
+def test_a_conditioned_models_edits_get_the_map_the_option_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                without: bool) -> None:
+    """photo_maps: reconstructions get the photos' maps, samples none, and edits the
+    reconstructions' maps or, with edits_without_map (as a set slider decodes), none; the
+    training step passes the option on."""
+    from engine.tools import train as train_module
+    from engine.tools.train import photo_maps
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(4, 8, 8, 8) + 0.1
+    out = photo_maps(maps, 0.0, g, edits=True, edits_without_map=without)
+    assert out.shape == (12, 8, 8, 8)
+    assert torch.equal(out[:4], maps)
+    assert not out[4:8].any()
+    assert (not out[8:].any()) if without else torch.equal(out[8:], maps)
+    seen: list[torch.Tensor] = []
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(photo_maps(*args, **kwargs))  # type: ignore[arg-type]
+        return seen[-1]
+    monkeypatch.setattr(train_module, "photo_maps", spy)
+    data = make_cache(tmp_path / "data")
+    train(tiny_options(data, tmp_path / "run", model=SHORTCUT, steps=1, edits_without_map=without))
+    n = len(seen[0]) // 3
+    assert seen[0][:n].any()
+    assert (not seen[0][2 * n:].any()) if without else torch.equal(seen[0][2 * n:], seen[0][:n])
+
+
 def test_training_keeps_random_parts_of_the_photos_map() -> None:
     """kept_regions: with shortcut_drop 0 every map is kept whole; above it, that share of the
     faces keeps none and the others lose soft-edged rectangles (some faces none of them)."""

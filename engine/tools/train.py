@@ -80,6 +80,12 @@ class TrainOptions:
     # so that the latent still learns to draw the whole face: the editor fades the map out where the
     # brush reaches, and there a stroke moves the latent alone (0: the whole map always)
     shortcut_drop: float = 0.0
+    # a conditioned model with a shortcut: its edits are decoded from z and the turned attributes
+    # with no feature map at all, as the editor decodes a face while a slider is set
+    # (EditSession.kept_map), so that the classifier's and the discriminator's pull on the edits
+    # all goes to that path (off: the edits get the reconstructions' maps, where 1 - shortcut_drop
+    # of them keep most of the photo)
+    edits_without_map: bool = False
     # conditioned models: Fader Networks' latent adversary. A critic of its own reads the attributes
     # from the latent z; the encoder is pushed to leave it no wiser than each attribute's share of
     # faces (the training set's), so that z carries who the person is but not the attributes, and the
@@ -345,7 +351,8 @@ class Trainer:
         z = mu + eps * torch.exp(0.5 * logvar)
         zp = torch.randn(mu.shape, generator=self.noise, device=self.device)
         # a shortcut carries the photo's feature map to its reconstruction (and edits); a sample has none
-        photo = None if shortcut is None else photo_maps(shortcut, o.shortcut_drop, self.noise, edits=conditioned)
+        photo = None if shortcut is None else photo_maps(shortcut, o.shortcut_drop, self.noise, edits=conditioned,
+                                                         edits_without_map=o.edits_without_map)
         if conditioned:  # reconstruct with the true labels, sample with none, edit with turned ones
             b = self.edited_labels(a)
             given = self.reconstruction_labels(a, read)
@@ -700,12 +707,14 @@ def kept_regions(n: int, size: int, whole: float, generator: torch.Generator) ->
     return keep * (uniform() >= whole)
 
 
-def photo_maps(shortcut: torch.Tensor, drop: float, generator: torch.Generator, edits: bool = False) -> torch.Tensor:
+def photo_maps(shortcut: torch.Tensor, drop: float, generator: torch.Generator, edits: bool = False,
+               edits_without_map: bool = False) -> torch.Tensor:
     """The feature maps a training batch's decoder passes get: the photos' own (parts of them kept
     as ``kept_regions`` says) for the reconstructions, none for the samples, and for a conditioned
-    model's edits the same as the reconstructions'."""
+    model's edits the same as the reconstructions' (none with ``edits_without_map``)."""
     kept = shortcut * kept_regions(len(shortcut), shortcut.shape[-1], drop, generator).to(shortcut)
-    return torch.cat([kept, torch.zeros_like(kept)] + ([kept] if edits else []))
+    edited = [torch.zeros_like(kept) if edits_without_map else kept] if edits else []
+    return torch.cat([kept, torch.zeros_like(kept), *edited])
 
 
 def _masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
