@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch import nn
 
 from engine.core.model import FaceModel, ModelConfig
 from engine.tools.data import CACHE_VERSION
@@ -615,6 +616,58 @@ def test_the_encoder_hides_the_attributes_from_the_latent_critic(tmp_path: Path)
     again = load_file(str(resumed / "state.safetensors"))
     assert [k for k in state if not torch.equal(state[k], again[k])] == []
     assert Trainer(dataclasses.replace(opts, w_latent=0.0)).critic is None
+
+
+def test_autocast_computes_in_bfloat16_and_hands_back_float32() -> None:
+    """Autocast (--bf16): the layers compute in bfloat16 (the result moves by bfloat16's rounding,
+    not more), its outputs come back float32 whatever their nesting, and off it is the network itself."""
+    from engine.core.model import Encoded
+    from engine.tools.train import Autocast
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    x = torch.randn(2, 3, 16, 16)
+    plain = conv(x)
+    out = Autocast(conv, True)(x)
+    assert out.dtype == torch.float32
+    assert not torch.equal(out, plain)
+    assert torch.allclose(out, plain, atol=0.05)
+    assert torch.equal(Autocast(conv, False)(x), plain)
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x: torch.Tensor) -> tuple[Encoded, list[torch.Tensor | None]]:
+            y = self.conv(x).mean((2, 3))
+            return Encoded(y, y, None, self.conv(x)), [y, None]
+    enc, rest = Autocast(Pair(), True)(x)
+    assert isinstance(enc, Encoded)
+    assert enc.attributes is None
+    assert rest[1] is None
+    assert enc.shortcut is not None
+    assert all(t is not None and t.dtype == torch.float32 for t in (enc.mu, enc.logvar, enc.shortcut, rest[0]))
+
+
+def test_training_in_bfloat16_steps_exports_and_resumes(tmp_path: Path) -> None:
+    """--bf16 on a conditioned model with a shortcut, its classifier and latent critic: finite
+    losses, float32 weights in the export and the state, and a resume that continues it."""
+    from engine.core.checkpoint import load_model
+
+    data = make_cache(tmp_path / "data")
+    opts = tiny_options(data, tmp_path / "run", model=SHORTCUT, bf16=True, classifier_resolution=16,
+                        classifier_grey=True, w_latent=0.3, shortcut_drop=0.25, edits_without_map=True, steps=2)
+    train(opts)
+    out = train(dataclasses.replace(opts, steps=4, resume=True))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "pix" in r] == [1, 2, 3, 4]
+    assert all(np.isfinite(v) for r in log for v in r.values())
+    assert {"cls_g", "latent_g", "edit_read"} <= set(log[-1])
+    state = load_file(str(out / "state.safetensors"))
+    assert {v.dtype for k, v in state.items() if v.is_floating_point()} == {torch.float32}
+    loaded = load_model(out / "model")
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
 
 
 def test_every_gpu_recipe_is_a_valid_train_command() -> None:

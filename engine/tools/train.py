@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +87,10 @@ class TrainOptions:
     # all goes to that path (off: the edits get the reconstructions' maps, where 1 - shortcut_drop
     # of them keep most of the photo)
     edits_without_map: bool = False
+    # run the networks' forward passes under bfloat16 autocast (weights, optimiser state, losses
+    # and the outputs passed between networks stay float32): 1.8x faster training steps on a CPU
+    # with AVX-512 BF16 (measured, see README), and on GPUs
+    bf16: bool = False
     # conditioned models: Fader Networks' latent adversary. A critic of its own reads the attributes
     # from the latent z; the encoder is pushed to leave it no wiser than each attribute's share of
     # faces (the training set's), so that z carries who the person is but not the attributes, and the
@@ -197,6 +202,10 @@ class Trainer:
             self.disc_ddp = DDP(self.disc)
         else:
             self.enc, self.dec, self.disc_ddp = self.model.encoder, self.model.decoder, self.disc
+        # the calls a training step makes; with --bf16 each runs under autocast and returns float32
+        self.enc, self.dec, self.disc_ddp = (Autocast(m, opts.bf16) for m in (self.enc, self.dec, self.disc_ddp))
+        self.read_attributes = None if self.classifier is None else Autocast(self.classifier, opts.bf16)
+        self.read_latent = None if self.critic is None else Autocast(self.critic, opts.bf16)
 
     def grow_from(self, folder: Path) -> None:
         """Start from a shipped model: every tensor of the same name and shape is taken; what
@@ -320,14 +329,14 @@ class Trainer:
         """C of its own on a batch (``classifier_view``): (N, K) logits. With ``classifier_grey``
         the attributes that are not a colour are read from the view turned grey, each image's
         channels weighted at random (Dirichlet(1, 1, 1) weights)."""
-        assert self.classifier is not None
+        assert self.read_attributes is not None
         view = self.classifier_view(x)
-        read = self.classifier(view)
+        read = self.read_attributes(view)
         if not self.opts.classifier_grey:
             return read
         w = -torch.log(torch.rand((len(view), 3, 1, 1), generator=self.noise, device=self.device).clamp_min(1e-12))
         grey = (view * (w / w.sum(1, keepdim=True))).sum(1, keepdim=True).expand_as(view).contiguous()
-        return torch.where(self.colour_attributes, read, self.classifier(grey))
+        return torch.where(self.colour_attributes, read, self.read_attributes(grey))
 
     def set_fade(self, step: int) -> float:
         """A grown model's new layers: weight 0 at the start, 1 after ``fade_steps``."""
@@ -386,9 +395,9 @@ class Trainer:
             read_loss = _masked_bce(read, a)
             loss_g = loss_g + read_loss
             vals["read"] = read_loss
-        if self.critic is not None:  # z must tell the critic no more than each attribute's share of faces
-            self.critic.requires_grad_(False)
-            hide = _masked_guess(self.critic(z), a, self.label_prior)
+        if self.critic is not None and self.read_latent is not None:  # z must tell the critic no more
+            self.critic.requires_grad_(False)  # than each attribute's share of faces
+            hide = _masked_guess(self.read_latent(z), a, self.label_prior)
             loss_g = loss_g + ramp * o.w_latent * hide
             vals["latent_g"] = hide
         self.opt_g.zero_grad(set_to_none=True)
@@ -413,9 +422,9 @@ class Trainer:
             with torch.no_grad():  # does C read the turned attribute on the edits?
                 turned = (b != a)
                 vals["edit_read"] = ((read_edit > 0) == (b > 0))[turned].float().mean()
-        if self.critic is not None:  # the critic learns to read the attributes from z as it is now
+        if self.critic is not None and self.read_latent is not None:  # the critic learns to read z as it is now
             self.critic.requires_grad_(True)
-            read_z = self.critic(z.detach())
+            read_z = self.read_latent(z.detach())
             latent_d = _masked_bce(read_z, a)
             loss_d = loss_d + latent_d
             vals["latent_d"] = latent_d
@@ -656,6 +665,35 @@ class Trainer:
         if self.world > 1:  # every process waits for the first's export before the group goes
             dist.barrier()
             dist.destroy_process_group()
+
+
+class Autocast(nn.Module):
+    """A network called under bfloat16 autocast (``TrainOptions.bf16``; off: called as it is).
+    Its outputs come back float32, so the losses and the next network's inputs are float32 and
+    only the layers autocast picks (convolutions, linear maps) compute in bfloat16. Holds no
+    weights of its own: saving and loading go to the network itself."""
+
+    def __init__(self, module: nn.Module, enabled: bool) -> None:
+        super().__init__()
+        self.module, self.enabled = module, enabled
+
+    def forward(self, *args: object) -> Any:
+        if not self.enabled:
+            return self.module(*args)
+        device = next(self.module.parameters()).device.type
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            return _float32(self.module(*args))
+
+
+def _float32(out: Any) -> Any:
+    """``out`` (a tensor, or a tuple or list of them, None among them) with its floating tensors float32."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, tuple) and hasattr(out, "_fields"):  # a NamedTuple
+        return type(out)(*(_float32(v) for v in out))
+    if isinstance(out, (tuple, list)):
+        return type(out)(_float32(v) for v in out)
+    return out
 
 
 class LatentCritic(nn.Module):
