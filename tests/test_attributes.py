@@ -260,6 +260,35 @@ def test_colour_sliders_are_measured_against_how_real_photos_differ(tiny_model_d
     assert entry["chroma_excess_at_+1"] == max(entry["chroma_excess_by_part"])
 
 
+def test_a_slider_that_changes_the_whole_face_is_measured_over_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Female / male (FACE_SLIDERS) has its colour measured over the face, part by part: here the
+    labelled photos' faces are blue, and the real difference says so in every part."""
+    from engine.core.pipeline import Engine
+    from engine.tools.attribute_learning import colour_against_real, face_region
+    from engine.tools.data import AlignedFaces, aligned_cache
+    from tests.test_train import make_cache
+
+    data = make_cache(tmp_path / "data", n=200, size=TINY.resolution)
+    cache = data / f"aligned-{TINY.resolution}"
+    male = np.random.default_rng(7).choice(np.array([-1, 1], np.int8), 200)
+    images = np.load(cache / "images.npy")
+    face = face_region(TINY.resolution).numpy()
+    images[:, face] = np.where(male[:, None, None] > 0, [60, 80, 200], [150, 120, 100]).astype(np.uint8)
+    np.save(cache / "images.npy", images)
+    np.save(cache / "labels.npy", male[:, None])
+    meta = json.loads((cache / "meta.json").read_text())
+    meta["attribute_names"] = ["Male"]
+    (cache / "meta.json").write_text(json.dumps(meta))
+    engine = Engine.load(str(tiny_model_dir), "cpu")
+    attrs = AttributeSet([Attribute("male", "Female / male", 2.0)], torch.nn.functional.normalize(
+        torch.randn(1, TINY.latent_dim), dim=1))
+    test = AlignedFaces(aligned_cache(data, TINY.resolution), split="test", sets=("celeba",))
+    entry = colour_against_real(engine, attrs, test, n=40)["male"]
+    assert entry["real_with_less_without"][2] < -40  # b*: the blue faces
+    assert len(entry["chroma_excess_by_part"]) == 6
+    assert all(v < -30 for v in entry["chroma_excess_by_part"])  # a slider that adds no blue: far below real
+
+
 def test_a_region_is_cut_into_disjoint_parts_that_cover_it() -> None:
     from engine.tools.attribute_learning import MARK_REGIONS, face_region, region_parts
 

@@ -41,7 +41,7 @@ from engine.core.judge import AttributeJudge, judge_scores, save_judge
 from engine.core.model_folder import ModelFolder
 from engine.core.pipeline import Engine
 from engine.tools.data import AlignedFaces, aligned_cache
-from engine.tools.slider_guide import COLOUR_SLIDERS, NOT_TURNED, guide_direction, train_guide
+from engine.tools.slider_guide import NOT_TURNED, guide_direction, train_guide
 
 if TYPE_CHECKING:  # evaluate imports this module
     from engine.tools.evaluate import EvalOptions
@@ -76,7 +76,9 @@ GOOD_LIFT, WEAK_LIFT = 0.4, 0.25
 # less (eyeglasses -0.8); a conditioned candidate's blue band for eyeglasses 9.3, its tinted pale skin
 # 6.0, its bangs 1.8. Part by part (``region_parts``, the largest kept): the shipped model's 1.6 or
 # less (eyeglasses 1.6); c64-dfg-4328, whose whole-region figures hid the tints seen in its grid, gray
-# hair 4.2 (pink cheeks), blond 3.9, brown 4.1, mustache 3.8, pale skin 12.6.
+# hair 4.2 (pink cheeks), blond 3.9, brown 4.1, mustache 3.8, pale skin 12.6. Every named slider is
+# measured (FACE_SLIDERS over the face): the shipped model's smiling, mouth open, male, age and make-up
+# 1.05 or less, bald 4.8 (hidden); a 2,000-step candidate's female/male 7.3 (blue eyes) and heavy make-up 12.9.
 MARK_CHROMA_LIMIT = 3.0
 
 
@@ -503,11 +505,16 @@ MARK_REGIONS: dict[str, Callable[[int], torch.Tensor]] = {
 }
 
 
+# the sliders that change the face as a whole; their colour is measured over it (the others where
+# they draw: MARK_REGIONS, or the top of the head for the hair's colour and kind)
+FACE_SLIDERS = ("smiling", "mouth_open", "male", "age", "heavy_makeup", "pale_skin")
+
+
 def _measured_region(name: str, resolution: int) -> torch.Tensor:
     """Where ``colour_against_real`` measures a slider's colour."""
     if name in MARK_REGIONS:
         return MARK_REGIONS[name](resolution)
-    return face_region(resolution) if name == "pale_skin" else hair_top_region(resolution)
+    return face_region(resolution) if name in FACE_SLIDERS else hair_top_region(resolution)
 
 
 def region_parts(region: torch.Tensor, rows: int = 2, cols: int = 3) -> list[torch.Tensor]:
@@ -546,9 +553,9 @@ def chroma_excess(change: np.ndarray, real: np.ndarray) -> np.ndarray:
 
 
 def colour_against_real(engine: Engine, attrs: AttributeSet, test: object, n: int = 300) -> dict[str, object]:
-    """Per colour slider (``COLOUR_SLIDERS``) and per slider that draws in one place
-    (``MARK_REGIONS``): the mean CIELAB change it makes there (the top of the head for a hair
-    colour, the face for pale skin, the eyes for eyeglasses...) at +1 and +2, on held-out faces
+    """Per named slider: the mean CIELAB change it makes where it draws (the eyes for
+    eyeglasses and the other ``MARK_REGIONS``, the face for ``FACE_SLIDERS``, the top of the
+    head for the hair's colour and kind) at +1 and +2, on held-out faces
     without the attribute, beside how held-out real photos with the attribute differ there from
     those without. A slider that tints (grey hair turning blue) or leaves a coloured mark (a blue
     band for eyeglasses) differs in a* and b*: ``chroma_excess_at_+1`` is the length of its (a*, b*)
@@ -560,8 +567,7 @@ def colour_against_real(engine: Engine, attrs: AttributeSet, test: object, n: in
     res = crops.shape[-1]
     out: dict[str, object] = {}
     for a in attrs.attributes:
-        measured = a.name in COLOUR_SLIDERS or a.name in MARK_REGIONS
-        if not measured or a.kind is SliderKind.PRINCIPAL or SLIDERS[a.name][1] not in names:
+        if a.name not in SLIDERS or a.kind is SliderKind.PRINCIPAL or SLIDERS[a.name][1] not in names:
             continue
         _, col, sign = SLIDERS[a.name]
         region = _measured_region(a.name, res)
