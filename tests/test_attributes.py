@@ -260,30 +260,39 @@ def test_colour_sliders_are_measured_against_how_real_photos_differ(tiny_model_d
     assert entry["chroma_excess_at_+1"] == max(entry["chroma_excess_by_part"])
 
 
-def test_a_slider_that_changes_the_whole_face_is_measured_over_it(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Female / male (FACE_SLIDERS) has its colour measured over the face, part by part: here the
-    labelled photos' faces are blue, and the real difference says so in every part."""
-    from engine.core.pipeline import Engine
-    from engine.tools.attribute_learning import colour_against_real, face_region
+def _faces_coloured_by_label(tmp_path: Path, column: str, region: torch.Tensor, seed: int) -> object:
+    """Held-out tiny faces labelled ``column`` at random, ``region`` blue where it is present and
+    brown where it is absent."""
     from engine.tools.data import AlignedFaces, aligned_cache
     from tests.test_train import make_cache
 
     data = make_cache(tmp_path / "data", n=200, size=TINY.resolution)
     cache = data / f"aligned-{TINY.resolution}"
-    male = np.random.default_rng(7).choice(np.array([-1, 1], np.int8), 200)
+    label = np.random.default_rng(seed).choice(np.array([-1, 1], np.int8), 200)
     images = np.load(cache / "images.npy")
-    face = face_region(TINY.resolution).numpy()
-    images[:, face] = np.where(male[:, None, None] > 0, [60, 80, 200], [150, 120, 100]).astype(np.uint8)
+    images[:, region.numpy()] = np.where(label[:, None, None] > 0, [40, 60, 200], [150, 120, 100]).astype(np.uint8)
     np.save(cache / "images.npy", images)
-    np.save(cache / "labels.npy", male[:, None])
+    np.save(cache / "labels.npy", label[:, None])
     meta = json.loads((cache / "meta.json").read_text())
-    meta["attribute_names"] = ["Male"]
+    meta["attribute_names"] = [column]
     (cache / "meta.json").write_text(json.dumps(meta))
+    return AlignedFaces(aligned_cache(data, TINY.resolution), split="test", sets=("celeba",))
+
+
+def _one_slider(name: str, label: str) -> AttributeSet:
+    direction = torch.nn.functional.normalize(torch.randn(1, TINY.latent_dim), dim=1)
+    return AttributeSet([Attribute(name, label, 2.0)], direction)
+
+
+def test_a_slider_that_changes_the_whole_face_is_measured_over_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Female / male (FACE_SLIDERS) has its colour measured over the face, part by part: here the
+    labelled photos' faces are blue, and the real difference says so in every part."""
+    from engine.core.pipeline import Engine
+    from engine.tools.attribute_learning import colour_against_real, face_region
+
+    test = _faces_coloured_by_label(tmp_path, "Male", face_region(TINY.resolution), seed=7)
     engine = Engine.load(str(tiny_model_dir), "cpu")
-    attrs = AttributeSet([Attribute("male", "Female / male", 2.0)], torch.nn.functional.normalize(
-        torch.randn(1, TINY.latent_dim), dim=1))
-    test = AlignedFaces(aligned_cache(data, TINY.resolution), split="test", sets=("celeba",))
-    entry = colour_against_real(engine, attrs, test, n=40)["male"]
+    entry = colour_against_real(engine, _one_slider("male", "Female / male"), test, n=40)["male"]
     assert entry["real_with_less_without"][2] < -40  # b*: the blue faces
     assert len(entry["chroma_excess_by_part"]) == 6
     assert all(v < -30 for v in entry["chroma_excess_by_part"])  # a slider that adds no blue: far below real
@@ -319,24 +328,9 @@ def test_a_slider_that_draws_in_one_place_is_measured_there(tiny_model_dir: Path
     a* and b*: here the labelled photos' eyes are blue, and the real difference says so."""
     from engine.core.pipeline import Engine
     from engine.tools.attribute_learning import MARK_REGIONS, colour_against_real
-    from engine.tools.data import AlignedFaces, aligned_cache
-    from tests.test_train import make_cache
 
-    data = make_cache(tmp_path / "data", n=200, size=TINY.resolution)
-    cache = data / f"aligned-{TINY.resolution}"
-    glasses = np.random.default_rng(5).choice(np.array([-1, 1], np.int8), 200)
-    images = np.load(cache / "images.npy")
-    eyes = MARK_REGIONS["eyeglasses"](TINY.resolution).numpy()
-    images[:, eyes] = np.where(glasses[:, None, None] > 0, [40, 60, 200], [150, 120, 100]).astype(np.uint8)
-    np.save(cache / "images.npy", images)
-    np.save(cache / "labels.npy", glasses[:, None])
-    meta = json.loads((cache / "meta.json").read_text())
-    meta["attribute_names"] = ["Eyeglasses"]
-    (cache / "meta.json").write_text(json.dumps(meta))
+    test = _faces_coloured_by_label(tmp_path, "Eyeglasses", MARK_REGIONS["eyeglasses"](TINY.resolution), seed=5)
     engine = Engine.load(str(tiny_model_dir), "cpu")
-    attrs = AttributeSet([Attribute("eyeglasses", "Eyeglasses", 2.0)], torch.nn.functional.normalize(
-        torch.randn(1, TINY.latent_dim), dim=1))
-    test = AlignedFaces(aligned_cache(data, TINY.resolution), split="test", sets=("celeba",))
-    entry = colour_against_real(engine, attrs, test, n=40)["eyeglasses"]
+    entry = colour_against_real(engine, _one_slider("eyeglasses", "Eyeglasses"), test, n=40)["eyeglasses"]
     assert entry["real_with_less_without"][2] < -40  # b*: the blue eyes, measured where they are
     assert np.isfinite(entry["chroma_excess_at_+1"])
