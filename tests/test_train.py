@@ -443,7 +443,7 @@ def test_a_grey_classifier_reads_shape_attributes_without_colour_and_colour_ones
         seen.append(view)
         return view[:, 0].mean((1, 2))[:, None].expand(-1, 2)
 
-    t.classifier = reader  # type: ignore[assignment]
+    t.read_attributes = reader  # type: ignore[assignment]
     x = torch.zeros(4, 3, 32, 32)
     x[:, 2] = 1.0  # pure blue: only the grey view, with blue's weight, reads channel 0 as bright
     read = t.classify(x)
