@@ -48,8 +48,8 @@ class AttributePanel(QWidget):
         self.conditional.toggled.connect(self.hold_changed.emit)
         self.conditional.toggled.connect(lambda _=False: self._populate())  # which sliders pass depends on it
         self.show_failed = QCheckBox("Show sliders that failed the judge")
-        self.show_failed.setToolTip("Sliders whose edits the attribute classifier did not recognise "
-                                    "(see the model card)")
+        self.show_failed.setToolTip("Sliders whose edits the attribute judge did not recognise, or that "
+                                    "left a coloured mark (see the model card)")
         self.show_failed.toggled.connect(lambda _=False: self._populate())
         self._sliders: tuple[Slider, ...] = ()
         self._values = SliderValues()
@@ -113,8 +113,8 @@ class AttributePanel(QWidget):
                 name_label.setToolTip("This slider changes the attribute less reliably (see the model card)")
                 name_label.setStyleSheet("color: #b0a060")
             elif quality == "hidden":
-                name_label.setToolTip("The attribute classifier did not recognise this slider's edits "
-                                      "(see the model card)")
+                name_label.setToolTip("This slider failed its check: the attribute judge did not recognise "
+                                      "its edits, or it left a coloured mark (see the model card)")
                 name_label.setStyleSheet("color: #a07070")
             s = QSlider(Qt.Orientation.Horizontal)
             s.setRange(int(slider.low * STEPS), int(slider.high * STEPS))

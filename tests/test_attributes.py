@@ -144,10 +144,11 @@ def test_quality_marks() -> None:
     assert q(0.3, 0.6, base=0.4) == "hidden"  # no better than the judge's own false positives
     assert q(0.05, 0.1, down=1.0) == "hidden"  # removing by blurring is not enough
     assert q(float("nan"), float("nan")) == "hidden"
-    # a coloured mark where the attribute goes (a blue band for eyeglasses) is weak at best
-    assert q(0.8, 0.95, **{"chroma_excess_at_+1": 9.3}) == "weak"
+    # a coloured mark where the attribute goes (a blue band for eyeglasses) is not shown, however well it is read
+    assert q(0.8, 0.95, **{"chroma_excess_at_+1": 9.3}) == "hidden"
+    assert q(0.3, 0.6, **{"chroma_excess_at_+1": 3.4}) == "hidden"
     assert q(0.8, 0.95, **{"chroma_excess_at_+1": 1.8}) == "good"
-    assert q(0.3, 0.6, **{"chroma_excess_at_+1": 9.3}) == "weak"
+    assert q(0.3, 0.6, **{"chroma_excess_at_+1": 2.9}) == "weak"
 
 
 def test_judge_shapes() -> None:

@@ -71,7 +71,7 @@ PCA_COUNT = 6
 GOOD_LIFT, WEAK_LIFT = 0.4, 0.25
 # A slider whose +1 step adds more colour where it draws (``colour_against_real``) than real photos
 # with the attribute differ there, by more than this (``chroma_excess_at_+1``, CIELAB a*b* units, where
-# about 2.3 is just noticeable), leaves a coloured mark rather than the attribute and is weak at best.
+# about 2.3 is just noticeable), leaves a coloured mark rather than the attribute and is not shown.
 # Measured on 300 held-out faces at 64 px over the whole region: the shipped model's sliders 0.2 or
 # less (eyeglasses -0.8); a conditioned candidate's blue band for eyeglasses 9.3, its tinted pale skin
 # 6.0, its bangs 1.8. Part by part (``region_parts``, the largest kept): the shipped model's 1.6 or
@@ -307,14 +307,18 @@ def lift_of(r: dict[str, float], key: str = "flip_to_positive") -> float:
 
 def quality_of(r: dict[str, float]) -> str:
     """Judge a slider by how often it adds its attribute, above the judge's false positives:
-    ``good`` when the +1 step does it for at least GOOD_LIFT of the faces without it and leaves
-    no coloured mark (``chroma_excess_at_+1`` at most MARK_CHROMA_LIMIT, where it was measured),
-    ``weak`` when the slider's end (+SLIDER_RANGE) does it for at least WEAK_LIFT, else ``hidden``.
+    ``good`` when the +1 step does it for at least GOOD_LIFT of the faces without it, ``weak``
+    when the slider's end (+SLIDER_RANGE) does it for at least WEAK_LIFT, else ``hidden``. A
+    slider that leaves a coloured mark (``chroma_excess_at_+1`` above MARK_CHROMA_LIMIT, where
+    it was measured: blue eyes for female/male, a green patch for bangs) is hidden whatever the
+    judge reads: a user would see the mark, not the attribute.
     Removing is not the test: a 64-pixel edit loses fine attributes (a moustache, glasses)
     by blurring them, so the judge's negative flips overstate what the slider does."""
     lift = lift_of(r)
     lift_end = lift_of(r, "flip_to_positive_at_slider_end")
-    if lift == lift and lift >= GOOD_LIFT and r.get("chroma_excess_at_+1", 0.0) <= MARK_CHROMA_LIMIT:
+    if r.get("chroma_excess_at_+1", 0.0) > MARK_CHROMA_LIMIT:
+        return "hidden"
+    if lift == lift and lift >= GOOD_LIFT:
         return "good"
     if lift_end == lift_end and lift_end >= WEAK_LIFT:
         return "weak"
