@@ -12,7 +12,14 @@ import torch
 
 from engine.core.attributes import Attribute, AttributeSet, SliderKind, SliderValues
 from engine.core.checkpoint import ModelError
-from engine.tools.attribute_learning import AttributeJudge, fit_direction, label_holds, pca_directions, quality_of
+from engine.tools.attribute_learning import (
+    AttributeJudge,
+    fit_direction,
+    keep_better_kind,
+    label_holds,
+    pca_directions,
+    quality_of,
+)
 from tests.conftest import TINY, make_tiny_model
 
 
@@ -149,6 +156,34 @@ def test_quality_marks() -> None:
     assert q(0.3, 0.6, **{"chroma_excess_at_+1": 3.4}) == "hidden"
     assert q(0.8, 0.95, **{"chroma_excess_at_+1": 1.8}) == "good"
     assert q(0.3, 0.6, **{"chroma_excess_at_+1": 2.9}) == "weak"
+
+
+def test_each_conditioned_attribute_keeps_the_slider_the_judge_rated_higher() -> None:
+    """Of an attribute's two sliders, the decoder's input and the latent direction, the higher rated
+    stays: a direction that adds the attribute to more faces wins, unless its coloured mark hides it;
+    a tie keeps the input; an attribute the decoder does not take keeps its direction. Every kept
+    slider keeps its direction's vector, for the sliders that hold it fixed."""
+    names = ["smiling", "eyeglasses", "bangs", "male"]
+    dirs = torch.eye(len(names), TINY.latent_dim)
+    latent = AttributeSet([Attribute(n, n, 1.0) for n in names], dirs)
+    inputs = {n: Attribute(n, n, 1.0, kind=SliderKind.CONDITION, condition=i) for i, n in enumerate(names[:3])}
+
+    def r(up: float, end: float, mark: float = 0.0) -> dict[str, float]:
+        return {"flip_to_positive": up, "flip_to_positive_at_slider_end": end, "judge_false_positive_before": 0.05,
+                "chroma_excess_at_+1": mark}
+    report = {"smiling": r(0.9, 0.95), "eyeglasses": r(0.9, 0.95, mark=9.3), "bangs": r(0.5, 0.9), "male": r(0.9, 0.95)}
+    input_report = {"smiling": r(0.3, 0.6), "eyeglasses": r(0.3, 0.6), "bangs": r(0.5, 0.9)}
+    kept_set, kept, passed_over = keep_better_kind(latent, inputs, report, input_report)
+    assert {a.name: a.kind for a in kept_set.attributes} == {
+        "smiling": SliderKind.DIRECTION, "eyeglasses": SliderKind.CONDITION, "bangs": SliderKind.CONDITION,
+        "male": SliderKind.DIRECTION}
+    assert kept["smiling"] == report["smiling"]
+    assert kept["eyeglasses"] == input_report["eyeglasses"]
+    assert passed_over == {"smiling": {"kind": "condition", **input_report["smiling"]},
+                           "eyeglasses": {"kind": "direction", **report["eyeglasses"]},
+                           "bangs": {"kind": "direction", **report["bangs"]}}
+    for a, d in zip(kept_set.attributes, kept_set.directions, strict=True):
+        assert torch.equal(d, dirs[names.index(a.name)])
 
 
 def test_judge_shapes() -> None:
