@@ -687,3 +687,62 @@ def test_every_gpu_recipe_is_a_valid_train_command() -> None:
             assert args.attributes, name
     assert names
     assert len(names) == len(set(names))
+
+
+YELLOW = (200, 180, 60)  # a blond: what attribute A does to the top of the tests' faces
+
+
+def test_the_colour_shift_is_fitted_on_how_each_attribute_changes_real_photos_colours(tmp_path: Path) -> None:
+    """attribute_colour_shift: over grey faces whose attribute A yellows the top rows (hair going
+    blond) and whose B does nothing, A's shift is that yellow in the top cells alone, B's none; a
+    face with an unknown label (here a red one) is left out of the fit."""
+    from engine.tools.data import AlignedFaces
+    from engine.tools.train import attribute_colour_shift, opponent_colour
+
+    cache = make_cache(tmp_path / "data", n=80) / "aligned-32"
+    labels = np.load(cache / "labels.npy")
+    rng = np.random.default_rng(3)
+    images = (128 + rng.integers(-20, 21, (80, 32, 32, 3))).astype(np.uint8)
+    images[labels[:, 0] > 0, :8] = YELLOW
+    labels[1], images[1] = (0, 1), (255, 0, 0)
+    np.save(cache / "labels.npy", labels)
+    np.save(cache / "images.npy", images)
+    shift = attribute_colour_shift(AlignedFaces(cache, split="train", sets=("celeba",)), [0, 1]).view(2, 2, 8, 8)
+    grey, yellow = torch.zeros(1, 3, 32, 32), torch.tensor(YELLOW).view(1, 3, 1, 1).expand(1, 3, 32, 32) / 127.5 - 1
+    blond = (opponent_colour(yellow) - opponent_colour(grey)).view(2, 8, 8)[:, 0, 0]
+    assert torch.allclose(shift[0, :, :2], blond[:, None, None].expand(2, 2, 8), atol=0.03)
+    assert float(shift[0, :, 2:].abs().max()) < 0.03
+    assert float(shift[1].abs().max()) < 0.03
+
+
+def test_the_colour_term_charges_edits_a_tint_real_photos_do_not_get_and_leaves_lightness_free() -> None:
+    from engine.tools.train import colour_mismatch, opponent_colour
+
+    rebuilt = torch.zeros(3, 3, 32, 32)  # grey faces
+    blond = rebuilt.clone()
+    blond[:, :, :8] = torch.tensor(YELLOW).view(3, 1, 1) / 127.5 - 1
+    shift = torch.zeros(2, 2 * 8 * 8)
+    shift[0] = (opponent_colour(blond[:1]) - opponent_colour(rebuilt[:1]))[0]  # A goes blond, B changes no colour
+    a_on, b_on, nothing = torch.tensor([[1.0, 0.0]] * 3), torch.tensor([[0.0, 1.0]] * 3), torch.zeros(3, 2)
+    assert float(colour_mismatch(blond, rebuilt, a_on, shift)) < 1e-6  # as real photos go blond
+    assert float(colour_mismatch(rebuilt, blond, -a_on, shift)) < 1e-6  # and back
+    assert float(colour_mismatch(blond, rebuilt, nothing, shift)) > 0.05  # the same tint for nothing turned
+    assert float(colour_mismatch(rebuilt - 0.5, rebuilt, b_on, shift)) < 1e-6  # darker, not coloured: free
+    band = rebuilt.clone()
+    band[:, 2, 12:16] = 0.6  # eyeglasses drawn as a blue band
+    assert float(colour_mismatch(band, rebuilt, b_on, shift)) > 0.01
+    edited, recon = blond.clone().requires_grad_(True), rebuilt.clone().requires_grad_(True)
+    colour_mismatch(edited, recon, nothing, shift).backward()
+    assert recon.grad is None  # the reconstruction is not pulled towards the edit
+    assert edited.grad is not None
+    assert float(edited.grad.abs().sum()) > 0
+
+
+def test_conditioned_training_logs_the_colour_term_only_when_it_is_on(tmp_path: Path) -> None:
+    data = make_cache(tmp_path / "data")
+    two = dataclasses.replace(TINY, attributes=("A", "B"))
+    for w, run in ((1.0, tmp_path / "on"), (0.0, tmp_path / "off")):
+        train(tiny_options(data, run, model=two, steps=2, w_colour=w))
+        logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        assert all(("colour" in row) == bool(w) for row in logs)
+        assert all(np.isfinite(row["colour"]) and row["colour"] > 0 for row in logs if w)
