@@ -149,6 +149,13 @@ OPPONENT = torch.tensor([[1 / math.sqrt(3)] * 3,
                          [1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)]])
 
 
+def colour_pair(x: torch.Tensor) -> torch.Tensor:
+    """(N, 2, H, W): an image's (or a change's) red-green and yellow-blue parts, r - g and
+    (r + g) / 2 - b: OPPONENT's colour rows unnormalised (times sqrt 2 and sqrt 6 / 2), for
+    comparing colours where the scale of RGB differences is the one wanted."""
+    return torch.stack([x[:, 0] - x[:, 1], (x[:, 0] + x[:, 1]) / 2 - x[:, 2]], 1)
+
+
 def paint_loss(image: torch.Tensor, paint: torch.Tensor, alpha: torch.Tensor, chroma: float = 1.0) -> torch.Tensor:
     """Coverage-weighted mean squared colour error over the painted region; ``chroma`` weights
     its hue and saturation part against its lightness part (1: the plain RGB error)."""

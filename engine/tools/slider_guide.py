@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from engine.core.edit import DecoderFn
+from engine.core.edit import DecoderFn, colour_pair
 from engine.core.images import to_tensor
 from engine.core.model import AttributeClassifier
 
@@ -84,8 +84,7 @@ def train_guide(photos: Callable[[np.ndarray], np.ndarray], labels: np.ndarray, 
 
 def _chroma(change: torch.Tensor) -> torch.Tensor:
     """(N, 2, R/4, R/4): an image change's red-green and yellow-blue shift, over 4x4 blocks."""
-    m = F.avg_pool2d(change, 4)
-    return torch.stack([m[:, 0] - m[:, 1], (m[:, 0] + m[:, 1]) / 2 - m[:, 2]], 1)
+    return colour_pair(F.avg_pool2d(change, 4))
 
 
 def guide_direction(decoder: DecoderFn, guide: AttributeClassifier, k: int,

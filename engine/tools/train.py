@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from engine.core import checkpoint
 from engine.core.device import pick_device
+from engine.core.edit import colour_pair
 from engine.core.images import to_tensor, to_uint8
 from engine.core.model import AttributeClassifier, Discriminator, FaceModel, ModelConfig, intensities
 from engine.tools.data import AlignedFaces, build_cache
@@ -774,8 +775,7 @@ def opponent_colour(x: torch.Tensor, cells: int = COLOUR_CELLS) -> torch.Tensor:
     """(N, 2 * cells * cells): images in [-1, 1] as their two opponent-colour channels, red against
     green and yellow against blue (the directions of CIELAB's a* and b*; lightness left out), each
     averaged over a cells x cells grid."""
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    return F.adaptive_avg_pool2d(torch.stack([r - g, 0.5 * (r + g) - b], 1), cells).flatten(1)
+    return F.adaptive_avg_pool2d(colour_pair(x), cells).flatten(1)
 
 
 def attribute_colour_shift(faces: AlignedFaces, columns: list[int], cells: int = COLOUR_CELLS,
