@@ -121,6 +121,24 @@ def test_minutes_fit_the_steps_to_the_time_left_and_keep_the_decay_share(tmp_pat
     assert t.opts.steps == 200
 
 
+def test_a_run_resumed_with_minutes_inside_its_decay_goes_on_from_the_rate_it_had(tmp_path: Path) -> None:
+    """Resumed at step 6,300 of 9,700 with the decay from 4,850: fitting the steps to the minutes
+    keeps the learning rate of the step it resumed at (not the full rate of a decay restarted there),
+    and still ends at a tenth of it."""
+    data = make_cache(tmp_path / "data")
+    t = Trainer(tiny_options(data, tmp_path / "run", minutes=1.0, steps=9_700, lr_decay_from=4_850, lr=1e-3))
+    t.step = 6_300
+    before = t.learning_rate(t.step)
+    assert before < 0.8e-3
+    given = (t.step, t.opts)
+    now = time.perf_counter()
+    t.fit_to_minutes(now - 30.0, (6_200, now - 10.0), given)  # 0.1 s a step: about 167 steps left
+    assert abs(t.opts.steps - 6_467) <= 1
+    assert t.learning_rate(t.step) == pytest.approx(before, rel=1e-3)
+    assert t.learning_rate(t.opts.steps) == pytest.approx(1e-4)
+    assert t.learning_rate(t.step) > t.learning_rate(t.step + 80) > t.learning_rate(t.opts.steps)
+
+
 def test_a_run_with_minutes_stops_in_time_and_exports(tmp_path: Path) -> None:
     from engine.core.checkpoint import load_model
 

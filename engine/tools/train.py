@@ -599,7 +599,8 @@ class Trainer:
         """``--minutes``: set ``steps`` to what the time left allows at the pace measured since
         ``pace_since`` (step, time), keeping back time for the last checkpoint and export. The
         decay start keeps its share of the steps that ``given`` (this invocation's first step
-        and options as given) asked for."""
+        and options as given) asked for; a run resumed inside its decay instead goes on from the
+        learning rate it had (the decay's start moves so that the first step's rate is kept)."""
         o, now = self.opts, time.perf_counter()
         pace = (now - pace_since[1]) / max(1, self.step - pace_since[0])
         # the export re-estimates batch norm on 30 batches: about 15 steps' time (0.3 s on a GPU, minutes on a CPU)
@@ -611,9 +612,12 @@ class Trainer:
             steps = int(t.item())
         first, asked = given
         decay = 0
-        if asked.lr_decay_from and asked.steps > asked.lr_decay_from:
-            share = max(0.0, (asked.lr_decay_from - first) / (asked.steps - first))
+        if asked.lr_decay_from and asked.steps > asked.lr_decay_from and first <= asked.lr_decay_from:
+            share = (asked.lr_decay_from - first) / (asked.steps - first)
             decay = first + round(share * (steps - first))
+        elif asked.lr_decay_from and asked.steps > asked.lr_decay_from:  # resumed with the rate already falling:
+            done = min(0.999, (first - asked.lr_decay_from) / (asked.steps - asked.lr_decay_from))
+            decay = round((first - done * steps) / (1 - done)) or -1  # (0 would turn the decay off)
         if steps != o.steps:
             self.opts = replace(o, steps=steps, lr_decay_from=decay)
 
