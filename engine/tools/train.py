@@ -612,12 +612,13 @@ class Trainer:
             steps = int(t.item())
         first, asked = given
         decay = 0
-        if asked.lr_decay_from and asked.steps > asked.lr_decay_from and first <= asked.lr_decay_from:
-            share = (asked.lr_decay_from - first) / (asked.steps - first)
-            decay = first + round(share * (steps - first))
-        elif asked.lr_decay_from and asked.steps > asked.lr_decay_from:  # resumed with the rate already falling:
-            done = min(0.999, (first - asked.lr_decay_from) / (asked.steps - asked.lr_decay_from))
-            decay = round((first - done * steps) / (1 - done)) or -1  # (0 would turn the decay off)
+        start, end = asked.lr_decay_from, asked.steps
+        if start and end > start:
+            if first <= start:
+                decay = first + round((start - first) / (end - first) * (steps - first))
+            else:  # resumed with the rate already falling: the share of the decay done stays done
+                done = min(0.999, (first - start) / (end - start))
+                decay = round((first - done * steps) / (1 - done)) or -1  # (0 would turn the decay off)
         if steps != o.steps:
             self.opts = replace(o, steps=steps, lr_decay_from=decay)
 
