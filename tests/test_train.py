@@ -19,7 +19,7 @@ from torch import nn
 
 from engine.core.model import FaceModel, ModelConfig
 from engine.tools.data import CACHE_VERSION
-from engine.tools.train import TrainOptions, train
+from engine.tools.train import Trainer, TrainOptions, train
 from tests.conftest import TINY
 
 # `npe train` flags for a network and run as small as the tests' own
@@ -738,11 +738,30 @@ def test_the_colour_term_charges_edits_a_tint_real_photos_do_not_get_and_leaves_
     assert float(edited.grad.abs().sum()) > 0
 
 
+def test_a_finer_colour_grid_sees_a_two_coloured_mark_a_coarse_one_averages_away() -> None:
+    """colour_mismatch takes its grid from the shift's size: a mark red on one half of a coarse
+    cell and green on the other (one eye of eyeglasses tinted each way) costs nothing over 8 x 8
+    cells and is charged over 16 x 16."""
+    from engine.tools.train import colour_mismatch
+
+    rebuilt = torch.zeros(2, 3, 32, 32)
+    marked = rebuilt.clone()
+    marked[:, 0, 12:16, 12:14], marked[:, 1, 12:16, 12:14] = 0.5, -0.5  # red beside
+    marked[:, 0, 12:16, 14:16], marked[:, 1, 12:16, 14:16] = -0.5, 0.5  # green, in one 4-pixel cell
+    turned = torch.tensor([[1.0], [1.0]])
+    assert float(colour_mismatch(marked, rebuilt, turned, torch.zeros(1, 2 * 8 * 8))) < 1e-6
+    assert float(colour_mismatch(marked, rebuilt, turned, torch.zeros(1, 2 * 16 * 16))) > 1e-3
+
+
 def test_conditioned_training_logs_the_colour_term_only_when_it_is_on(tmp_path: Path) -> None:
     data = make_cache(tmp_path / "data")
     two = dataclasses.replace(TINY, attributes=("A", "B"))
     for w, run in ((1.0, tmp_path / "on"), (0.0, tmp_path / "off")):
-        train(tiny_options(data, run, model=two, steps=2, w_colour=w))
+        train(tiny_options(data, run, model=two, steps=2, w_colour=w, colour_cells=16))
         logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         assert all(("colour" in row) == bool(w) for row in logs)
         assert all(np.isfinite(row["colour"]) and row["colour"] > 0 for row in logs if w)
+    trainer = Trainer(tiny_options(data, tmp_path / "fitted", model=two, w_colour=1.0, colour_cells=16))
+    trainer.load_data()
+    assert trainer.colour_shift is not None
+    assert trainer.colour_shift.shape == (2, 2 * 16 * 16)  # the grid asked for

@@ -97,12 +97,15 @@ class TrainOptions:
     # faces (the training set's), so that z carries who the person is but not the attributes, and the
     # decoder has to take them from its attribute input to reconstruct the photo (0: off)
     w_latent: float = 0.0
-    # conditioned models: the edits' colour, cell by cell over an 8 x 8 grid, must change as real
-    # photos' colour does with the attributes turned (``attribute_colour_shift``, fitted on the
+    # conditioned models: the edits' colour, cell by cell over a colour_cells-a-side grid, must change
+    # as real photos' colour does with the attributes turned (``attribute_colour_shift``, fitted on the
     # training photos): an L1 term on the two opponent-colour channels (lightness left free, so dark
     # frames and dark hair cost nothing), against the tints and coloured marks a classifier can be
     # satisfied by (a blue band for eyeglasses, green bangs, red cheeks for make-up) (0: off)
     w_colour: float = 0.0
+    # the colour term's grid, cells a side: 8 cells of 8 pixels at 64 px, about an eye's height; 16 parts each eye
+    # from the bridge of eyeglasses and a moustache from the cheeks
+    colour_cells: int = 8
     adv_ramp_steps: int = 2000
     ema: float = 0.999
     seed: int = 0
@@ -138,9 +141,6 @@ class TrainOptions:
             if isinstance(v, str):
                 model[k] = tuple(int(x) for x in v.split(","))
         return cls(**opts, model=ModelConfig.from_dict(model))  # type: ignore[arg-type]
-
-
-COLOUR_CELLS = 8  # the colour term (w_colour) compares the edits' colours over this many cells a side
 
 
 def device_batch(pixels: np.ndarray, flip: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -273,7 +273,8 @@ class Trainer:
         self.fixed_z = torch.randn(16, self.cfg.latent_dim, generator=g).to(self.device)
         self.fixed_a = torch.from_numpy(shown.labels(fixed)[:, self.label_columns].astype(np.float32))
         self.fixed_a = self.fixed_a.to(self.device)
-        self.colour_shift = (attribute_colour_shift(self.train_set, self.label_columns).to(self.device)
+        self.colour_shift = (attribute_colour_shift(self.train_set, self.label_columns,
+                                                   self.opts.colour_cells).to(self.device)
                              if self.cfg.attributes and self.opts.w_colour else None)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -776,14 +777,14 @@ def photo_maps(shortcut: torch.Tensor, drop: float, generator: torch.Generator, 
     return torch.cat([kept, torch.zeros_like(kept), *edited])
 
 
-def opponent_colour(x: torch.Tensor, cells: int = COLOUR_CELLS) -> torch.Tensor:
+def opponent_colour(x: torch.Tensor, cells: int = 8) -> torch.Tensor:
     """(N, 2 * cells * cells): images in [-1, 1] as their two opponent-colour channels, red against
     green and yellow against blue (the directions of CIELAB's a* and b*; lightness left out), each
     averaged over a cells x cells grid."""
     return F.adaptive_avg_pool2d(colour_pair(x), cells).flatten(1)
 
 
-def attribute_colour_shift(faces: AlignedFaces, columns: list[int], cells: int = COLOUR_CELLS,
+def attribute_colour_shift(faces: AlignedFaces, columns: list[int], cells: int = 8,
                            chunk: int = 2048) -> torch.Tensor:
     """(K, 2 * cells * cells): how turning each attribute on (-1 to +1) changes real photos'
     colours (``opponent_colour``), cell by cell, the other attributes held: the least-squares fit
@@ -816,8 +817,9 @@ def colour_mismatch(edited: torch.Tensor, rebuilt: torch.Tensor, turned: torch.T
     """The colour term: how far the edits' colours (``opponent_colour``) moved from their
     reconstructions' (held fixed) otherwise than real photos' colours move with the attributes
     turned (``turned``: (N, K), +1 for an attribute turned on, -1 off, 0 kept; ``shift`` from
-    ``attribute_colour_shift``), as a mean absolute difference per cell."""
-    moved = opponent_colour(edited) - opponent_colour(rebuilt).detach()
+    ``attribute_colour_shift``, whose size gives the cells), as a mean absolute difference per cell."""
+    cells = round((shift.shape[1] / 2) ** 0.5)
+    moved = opponent_colour(edited, cells) - opponent_colour(rebuilt, cells).detach()
     return (moved - turned @ shift).abs().mean()
 
 
