@@ -493,6 +493,44 @@ def test_single_turn_edits_turn_one_attribute_and_keep_the_others(tmp_path: Path
     assert bool(((b != a).sum(1) != 1).any())  # without it, faces turn many attributes at once
 
 
+def test_the_worst_nudge_stays_in_its_box_and_reads_worse() -> None:
+    """worst_nudge (classifier_robust): each value moves by at most eps, stays in [-1, 1], and the
+    classifier's loss on the nudged photos is higher than on the photos themselves."""
+    from engine.tools.train import _masked_bce, worst_nudge
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(2, 3, 8, 8, generator=g)
+    labels = torch.tensor([[1.0, -1.0], [-1.0, 0.0], [1.0, 1.0], [-1.0, 1.0]])
+
+    def loss(v: torch.Tensor) -> torch.Tensor:
+        return _masked_bce(torch.einsum("nchw,kchw->nk", v, w) * 0.05, labels)
+
+    x = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1
+    x[0] = 1.0  # a white photo cannot get whiter
+    nudged = worst_nudge(loss, x, 0.05, g)
+    assert not nudged.requires_grad
+    assert float((nudged - x).abs().max()) <= 0.05 + 1e-6
+    assert float(nudged.abs().max()) <= 1.0
+    assert float(loss(nudged)) > float(loss(x)) + 0.01
+
+
+def test_a_robust_classifier_learns_from_nudged_photos_and_a_plain_one_from_the_photos(tmp_path: Path) -> None:
+    from engine.tools.train import Trainer
+
+    data = make_cache(tmp_path / "data")
+    for eps in (0.0, 0.05):
+        opts = tiny_options(data, tmp_path / f"run{eps}", model=CONDITIONED, classifier_resolution=16,
+                            classifier_warmup=2, classifier_robust=eps, steps=2)
+        t = Trainer(opts)
+        t.load_data()
+        x, a = t.batch(0)
+        lesson = t.classifier_lesson(x, a)
+        assert float((lesson - x).abs().max()) == pytest.approx(eps, abs=1e-6)
+        train(opts)  # the warm-up and the steps run with it
+        logs = [json.loads(line) for line in (tmp_path / f"run{eps}" / "log.jsonl").read_text().splitlines()]
+        assert all(np.isfinite(row["cls_d"]) for row in logs if "cls_d" in row)
+
+
 def test_the_classifier_warms_up_on_real_photos_before_the_first_step(tmp_path: Path) -> None:
     """classifier_warmup: C learns the labels alone first; the model is not touched then."""
     from engine.tools.train import Trainer
