@@ -19,7 +19,7 @@ from torch import nn
 
 from engine.core.model import FaceModel, ModelConfig
 from engine.tools.data import CACHE_VERSION
-from engine.tools.train import Trainer, TrainOptions, train
+from engine.tools.train import TrainOptions, train
 from tests.conftest import TINY
 
 # `npe train` flags for a network and run as small as the tests' own
@@ -799,6 +799,8 @@ def test_conditioned_training_logs_the_colour_term_only_when_it_is_on(tmp_path: 
         logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         assert all(("colour" in row) == bool(w) for row in logs)
         assert all(np.isfinite(row["colour"]) and row["colour"] > 0 for row in logs if w)
+    from engine.tools.train import Trainer
+
     trainer = Trainer(tiny_options(data, tmp_path / "fitted", model=two, w_colour=1.0, colour_cells=16))
     trainer.load_data()
     assert trainer.colour_shift is not None

@@ -47,6 +47,9 @@ COLOUR_ATTRIBUTES = frozenset({"Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_H
                                "Pale_Skin", "Rosy_Cheeks", "Wearing_Lipstick"})
 
 
+COLOUR_CELLS = 8  # the colour term (w_colour) compares the edits' colours over this many cells a side by default
+
+
 @dataclass
 class TrainOptions:
     data: str = ""
@@ -111,7 +114,7 @@ class TrainOptions:
     w_colour: float = 0.0
     # the colour term's grid, cells a side: 8 cells of 8 pixels at 64 px, about an eye's height; 16 parts each eye
     # from the bridge of eyeglasses and a moustache from the cheeks
-    colour_cells: int = 8
+    colour_cells: int = COLOUR_CELLS
     adv_ramp_steps: int = 2000
     ema: float = 0.999
     seed: int = 0
@@ -791,14 +794,14 @@ def photo_maps(shortcut: torch.Tensor, drop: float, generator: torch.Generator, 
     return torch.cat([kept, torch.zeros_like(kept), *edited])
 
 
-def opponent_colour(x: torch.Tensor, cells: int = 8) -> torch.Tensor:
+def opponent_colour(x: torch.Tensor, cells: int = COLOUR_CELLS) -> torch.Tensor:
     """(N, 2 * cells * cells): images in [-1, 1] as their two opponent-colour channels, red against
     green and yellow against blue (the directions of CIELAB's a* and b*; lightness left out), each
     averaged over a cells x cells grid."""
     return F.adaptive_avg_pool2d(colour_pair(x), cells).flatten(1)
 
 
-def attribute_colour_shift(faces: AlignedFaces, columns: list[int], cells: int = 8,
+def attribute_colour_shift(faces: AlignedFaces, columns: list[int], cells: int = COLOUR_CELLS,
                            chunk: int = 2048) -> torch.Tensor:
     """(K, 2 * cells * cells): how turning each attribute on (-1 to +1) changes real photos'
     colours (``opponent_colour``), cell by cell, the other attributes held: the least-squares fit
