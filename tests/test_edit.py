@@ -315,6 +315,32 @@ def test_models_of_other_resolutions_are_scored_on_the_same_faces_at_the_same_si
     assert reconstruction_metrics(_Identity(), faces) == own  # no resolution given: read as they come
 
 
+def test_the_grids_interpolation_runs_from_one_reconstruction_to_the_other() -> None:
+    """The eval grid's last row blends two faces. For a model whose decoder also takes attribute
+    intensities and the shortcut's map, all of what the encoder read is blended: the row's ends
+    are the two reconstructions, not the model's average face drawn from the latent alone."""
+    from engine.core.model import FaceModel
+    from engine.tools.evaluate import between_two_faces
+    from tests.conftest import CONDITIONED
+
+    torch.manual_seed(3)
+    model = FaceModel(replace(CONDITIONED, shortcut=8))
+    model.load_state_dict(make_tiny_model().state_dict(), strict=False)
+    with torch.no_grad():
+        for layer in [model.decoder.cond_fc, *model.decoder.cond_blocks, model.decoder.from_shortcut]:
+            torch.nn.init.normal_(layer.weight, 0.0, 0.8)
+    model.eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        row = model.decode(*between_two_faces(model, x[0:1], x[1:2], 5))
+        recon = model.reconstruct(x)
+    assert row.shape == (5, 3, 32, 32)
+    assert torch.allclose(row[0], recon[0], atol=1e-5)
+    assert torch.allclose(row[-1], recon[1], atol=1e-5)
+    assert (row[2] - recon[0]).abs().mean() > 1e-3  # the middle is neither end
+    assert (row[2] - recon[1]).abs().mean() > 1e-3
+
+
 def test_a_slider_change_loses_its_colour_speckle_not_its_lightness_or_its_tint() -> None:
     """The decoder's change carries pixel-sized green / purple speckle; the paste-back would enlarge
     it into blotches. Its colour is smoothed: the speckle goes, the change's lightness detail and

@@ -39,6 +39,7 @@ from engine.core.edit import BrushRule, MaskSettings, halo_of
 from engine.core.faces import find_faces, whole_image_face
 from engine.core.images import READABLE_SUFFIXES, ImageError, Photo, load_photo, resized, to_tensor, to_uint8
 from engine.core.landmarks import EyeRefiner, _read_rgb
+from engine.core.model import FaceModel, intensities
 from engine.core.model_folder import ModelFolder
 from engine.core.pipeline import Engine, detect, open_session
 from engine.core.session import EditSession
@@ -284,16 +285,33 @@ def load_eval_crops(data: Path, resolution: int, n: int, refiner: EyeRefiner | N
     return np.stack(crops), "photo folder (detected and aligned)", missed
 
 
-def write_grid(model: torch.nn.Module, crops: np.ndarray, path: Path, latent_dim: int) -> None:
+def between_two_faces(model: FaceModel, first: torch.Tensor, second: torch.Tensor,
+                      k: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The decoder's inputs for ``k`` steps from one face (1, 3, R, R) to another: each part of
+    what the encoder reads (the latent, and where the model has them the attribute intensities
+    and the shortcut's feature map) blended alike, so the ends are the two reconstructions. A
+    latent alone would decode to the model's average face where the shortcut carries the person."""
+    w = torch.linspace(0, 1, k)
+
+    def blend(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        wk = w.view(-1, *[1] * (p.dim() - 1))
+        return p * (1 - wk) + q * wk
+
+    mu0, _, a0, s0 = model.encoder(first)
+    mu1, _, a1, s1 = model.encoder(second)
+    a = None if a0 is None or a1 is None else blend(intensities(a0), intensities(a1))
+    shortcut = None if s0 is None or s1 is None else blend(s0, s1)
+    return blend(mu0, mu1), a, shortcut
+
+
+def write_grid(model: FaceModel, crops: np.ndarray, path: Path, latent_dim: int) -> None:
     k = min(8, len(crops))
     x = to_tensor(crops[:k])
     g = torch.Generator().manual_seed(7)
     with torch.inference_mode():
-        z = model.encode(x)  # type: ignore[operator]
-        recon = model.reconstruct(x)  # type: ignore[operator]
-        samples = model.decode(torch.randn(k, latent_dim, generator=g))  # type: ignore[operator]
-        w = torch.linspace(0, 1, k).view(-1, 1)
-        inter = model.decode(z[0:1] * (1 - w) + z[min(1, k - 1):min(1, k - 1) + 1] * w)  # type: ignore[operator]
+        recon = model.reconstruct(x)
+        samples = model.decode(torch.randn(k, latent_dim, generator=g))
+        inter = model.decode(*between_two_faces(model, x[0:1], x[min(1, k - 1):min(1, k - 1) + 1], k))  # type: ignore[operator]
     rows = [torch.cat(list(t), 2) for t in (x, recon, samples, inter)]
     Image.fromarray(to_uint8(torch.cat(rows, 1))).resize(
         (k * 128, 4 * 128), Image.Resampling.NEAREST if crops.shape[1] < 128 else Image.Resampling.BILINEAR
