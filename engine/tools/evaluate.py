@@ -291,7 +291,7 @@ def between_two_faces(model: FaceModel, first: torch.Tensor, second: torch.Tenso
     what the encoder reads (the latent, and where the model has them the attribute intensities
     and the shortcut's feature map) blended alike, so the ends are the two reconstructions. A
     latent alone would decode to the model's average face where the shortcut carries the person."""
-    w = torch.linspace(0, 1, k)
+    w = torch.linspace(0, 1, k, device=first.device)
 
     def blend(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         wk = w.view(-1, *[1] * (p.dim() - 1))
@@ -306,13 +306,14 @@ def between_two_faces(model: FaceModel, first: torch.Tensor, second: torch.Tenso
 
 def write_grid(model: FaceModel, crops: np.ndarray, path: Path, latent_dim: int) -> None:
     k = min(8, len(crops))
-    x = to_tensor(crops[:k])
+    device = next(model.parameters()).device
+    x = to_tensor(crops[:k]).to(device)
     g = torch.Generator().manual_seed(7)
     with torch.inference_mode():
         recon = model.reconstruct(x)
-        samples = model.decode(torch.randn(k, latent_dim, generator=g))
-        inter = model.decode(*between_two_faces(model, x[0:1], x[min(1, k - 1):min(1, k - 1) + 1], k))  # type: ignore[operator]
-    rows = [torch.cat(list(t), 2) for t in (x, recon, samples, inter)]
+        samples = model.decode(torch.randn(k, latent_dim, generator=g).to(device))
+        inter = model.decode(*between_two_faces(model, x[0:1], x[min(1, k - 1):min(1, k - 1) + 1], k))
+    rows = [torch.cat(list(t.cpu()), 2) for t in (x, recon, samples, inter)]
     Image.fromarray(to_uint8(torch.cat(rows, 1))).resize(
         (k * 128, 4 * 128), Image.Resampling.NEAREST if crops.shape[1] < 128 else Image.Resampling.BILINEAR
     ).save(path)
