@@ -792,6 +792,8 @@ def test_a_finer_colour_grid_sees_a_two_coloured_mark_a_coarse_one_averages_away
 
 
 def test_conditioned_training_logs_the_colour_term_only_when_it_is_on(tmp_path: Path) -> None:
+    from engine.tools.train import Trainer
+
     data = make_cache(tmp_path / "data")
     two = dataclasses.replace(TINY, attributes=("A", "B"))
     for w, run in ((1.0, tmp_path / "on"), (0.0, tmp_path / "off")):
@@ -799,8 +801,6 @@ def test_conditioned_training_logs_the_colour_term_only_when_it_is_on(tmp_path: 
         logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         assert all(("colour" in row) == bool(w) for row in logs)
         assert all(np.isfinite(row["colour"]) and row["colour"] > 0 for row in logs if w)
-    from engine.tools.train import Trainer
-
     trainer = Trainer(tiny_options(data, tmp_path / "fitted", model=two, w_colour=1.0, colour_cells=16))
     trainer.load_data()
     assert trainer.colour_shift is not None

@@ -320,11 +320,15 @@ class FaceModel(nn.Module):
         logits = self.encoder(x)[2]
         return None if logits is None else intensities(logits)
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Aligned crops -> the decoder's rendition of them: the posterior means, with the
-        attributes the encoder reads and the shortcut's feature map where the model has them."""
+    def decoder_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Aligned crops -> what the decoder takes to draw them: the posterior means, and where the
+        model has them the attribute intensities the encoder reads and the shortcut's feature map."""
         mu, _, attrs, shortcut = self.encoder(x)
-        return self.decoder(mu, None if attrs is None else intensities(attrs), shortcut)
+        return mu, None if attrs is None else intensities(attrs), shortcut
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Aligned crops -> the decoder's rendition of them (``decoder_inputs``)."""
+        return self.decoder(*self.decoder_inputs(x))
 
     def decode(self, z: torch.Tensor, a: torch.Tensor | None = None,
                shortcut: torch.Tensor | None = None) -> torch.Tensor:

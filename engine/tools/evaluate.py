@@ -39,7 +39,7 @@ from engine.core.edit import BrushRule, MaskSettings, halo_of
 from engine.core.faces import find_faces, whole_image_face
 from engine.core.images import READABLE_SUFFIXES, ImageError, Photo, load_photo, resized, to_tensor, to_uint8
 from engine.core.landmarks import EyeRefiner, _read_rgb
-from engine.core.model import FaceModel, intensities
+from engine.core.model import FaceModel
 from engine.core.model_folder import ModelFolder
 from engine.core.pipeline import Engine, detect, open_session
 from engine.core.session import EditSession
@@ -288,20 +288,17 @@ def load_eval_crops(data: Path, resolution: int, n: int, refiner: EyeRefiner | N
 def between_two_faces(model: FaceModel, first: torch.Tensor, second: torch.Tensor,
                       k: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The decoder's inputs for ``k`` steps from one face (1, 3, R, R) to another: each part of
-    what the encoder reads (the latent, and where the model has them the attribute intensities
-    and the shortcut's feature map) blended alike, so the ends are the two reconstructions. A
-    latent alone would decode to the model's average face where the shortcut carries the person."""
+    what the encoder reads (``FaceModel.decoder_inputs``) blended alike, so the ends are the two
+    reconstructions. A latent alone would decode to the model's average face where the shortcut
+    carries the person."""
     w = torch.linspace(0, 1, k, device=first.device)
 
-    def blend(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        wk = w.view(-1, *[1] * (p.dim() - 1))
-        return p * (1 - wk) + q * wk
+    def blend(t: torch.Tensor) -> torch.Tensor:  # rows 0 and 1 of t, and k - 2 steps between them
+        wk = w.view(-1, *[1] * (t.dim() - 1))
+        return t[0:1] * (1 - wk) + t[1:2] * wk
 
-    mu0, _, a0, s0 = model.encoder(first)
-    mu1, _, a1, s1 = model.encoder(second)
-    a = None if a0 is None or a1 is None else blend(intensities(a0), intensities(a1))
-    shortcut = None if s0 is None or s1 is None else blend(s0, s1)
-    return blend(mu0, mu1), a, shortcut
+    mu, a, shortcut = model.decoder_inputs(torch.cat([first, second]))
+    return blend(mu), None if a is None else blend(a), None if shortcut is None else blend(shortcut)
 
 
 def write_grid(model: FaceModel, crops: np.ndarray, path: Path, latent_dim: int) -> None:
