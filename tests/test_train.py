@@ -19,7 +19,7 @@ from torch import nn
 
 from engine.core.model import FaceModel, ModelConfig
 from engine.tools.data import CACHE_VERSION
-from engine.tools.train import TrainOptions, train
+from engine.tools.train import Trainer, TrainOptions, train
 from tests.conftest import TINY
 
 # `npe train` flags for a network and run as small as the tests' own
@@ -688,11 +688,14 @@ def test_autocast_computes_in_bfloat16_and_hands_back_float32() -> None:
     assert all(t is not None and t.dtype == torch.float32 for t in (enc.mu, enc.logvar, enc.shortcut, rest[0]))
 
 
-def test_training_in_bfloat16_steps_exports_and_resumes(tmp_path: Path) -> None:
+def test_training_in_bfloat16_steps_exports_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--bf16 on a conditioned model with a shortcut, its classifier and latent critic: finite
-    losses, float32 weights in the export and the state, and a resume that continues it."""
+    losses, float32 weights in the export and the state, and a resume that continues it (run
+    in bfloat16 whatever this CPU has: emulated, it is slow but computes the same)."""
     from engine.core.checkpoint import load_model
+    from engine.tools import train as train_module
 
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: True)
     data = make_cache(tmp_path / "data")
     opts = tiny_options(data, tmp_path / "run", model=SHORTCUT, bf16=True, classifier_resolution=16,
                         classifier_grey=True, w_latent=0.3, shortcut_drop=0.25, edits_without_map=True, steps=2)
@@ -706,6 +709,23 @@ def test_training_in_bfloat16_steps_exports_and_resumes(tmp_path: Path) -> None:
     assert {v.dtype for k, v in state.items() if v.is_floating_point()} == {torch.float32}
     loaded = load_model(out / "model")
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+
+
+def test_bf16_falls_back_to_float32_where_the_device_would_emulate_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--bf16 on a CPU without AVX-512 BF16 or AMX: autocast would emulate bfloat16 about 20x
+    slower than float32, so every network the step calls runs as it is and the run says why;
+    where the device has it, every one runs under autocast."""
+    from engine.tools import train as train_module
+
+    data = make_cache(tmp_path / "data")
+    opts = tiny_options(data, tmp_path / "run", model=SHORTCUT, bf16=True, classifier_resolution=16, w_latent=0.3)
+    for native in (False, True):
+        monkeypatch.setattr(train_module, "native_bf16", lambda device, native=native: native)
+        t = Trainer(opts)
+        calls = [t.enc, t.dec, t.disc_ddp, t.read_attributes, t.read_latent]
+        assert [c.enabled for c in calls] == [native] * 5  # type: ignore[union-attr]
+        assert ("--bf16 ignored" in capsys.readouterr().err) is not native
 
 
 def test_every_gpu_recipe_is_a_valid_train_command() -> None:

@@ -222,9 +222,13 @@ class Trainer:
         else:
             self.enc, self.dec, self.disc_ddp = self.model.encoder, self.model.decoder, self.disc
         # the calls a training step makes; with --bf16 each runs under autocast and returns float32
-        self.enc, self.dec, self.disc_ddp = (Autocast(m, opts.bf16) for m in (self.enc, self.dec, self.disc_ddp))
-        self.read_attributes = None if self.classifier is None else Autocast(self.classifier, opts.bf16)
-        self.read_latent = None if self.critic is None else Autocast(self.critic, opts.bf16)
+        bf16 = opts.bf16 and native_bf16(self.device)
+        if opts.bf16 and not bf16 and self.rank == 0:
+            print(f"--bf16 ignored: {self.device} has no native bfloat16 (on a CPU: AVX-512 BF16 or AMX), where "
+                  "autocast emulates it about 20x slower than float32; training in float32", file=sys.stderr)
+        self.enc, self.dec, self.disc_ddp = (Autocast(m, bf16) for m in (self.enc, self.dec, self.disc_ddp))
+        self.read_attributes = None if self.classifier is None else Autocast(self.classifier, bf16)
+        self.read_latent = None if self.critic is None else Autocast(self.critic, bf16)
 
     def grow_from(self, folder: Path) -> None:
         """Start from a shipped model: every tensor of the same name and shape is taken; what
@@ -704,6 +708,18 @@ class Trainer:
         if self.world > 1:  # every process waits for the first's export before the group goes
             dist.barrier()
             dist.destroy_process_group()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a GPU that supports it, or a CPU with
+    AVX-512 BF16 or AMX. Elsewhere autocast emulates it: measured on a 2-core AMD EPYC with AVX2
+    alone (64-px conditioned step, batch 32, 2 threads), 1.0 faces a second against 20 in float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(check() for check in checks if check is not None)
 
 
 class Autocast(nn.Module):
