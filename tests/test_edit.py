@@ -254,6 +254,7 @@ def test_npe_eval_measures_edits_on_whole_photos(tiny_model_dir, tmp_path, astro
     assert figures["median_size"] == [512, 512]
     assert figures["sliders"] == ["blond_hair"]
     assert figures["fringe_texture_ratio"] > 0
+    assert figures["fringe_eyes_change_255"] > 0  # measured on the painted photo, before the reset
     assert figures["slider_background_change_255"] >= 0
     assert figures["slider_skin_change_255"] >= 0
     assert figures["slider_hair_change_255"] > figures["slider_background_change_255"]  # the edit is on the head

@@ -446,7 +446,8 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     of the face (``PART_SLIDERS``: pale skin, eyeglasses, beard, bangs) the change at +1 where it must
     show and where it must not (``NAME_PLACE_change_255``). Every edit
     is scored as exported, with the hair detail pass; the fringe also without it
-    (``fringe_texture_ratio_without_detail``). On a
+    (``fringe_texture_ratio_without_detail``), and by the change it lays over the brows and eyes
+    below it (``fringe_eyes_change_255``, the EYES ellipse, whose top the stroke's reach meets). On a
     prepared folder, ``real_fringe`` gives the texture ratio a real fringe has there
     (``real_fringe_texture``), the fringe's reference."""
     listing = list_items(data, ("celeba",)) if (data / "celeba").is_dir() else None
@@ -460,7 +461,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
     else:
         files = sorted(p for p in data.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)[:n]
     sliders = [a for a in engine.attributes.attributes if a.name in ("blond_hair", "black_hair")]
-    fringe, fringe_plain, slider_texture, background, skin, hair, sizes = [], [], [], [], [], [], []
+    fringe, fringe_plain, fringe_eyes, slider_texture, background, skin, hair, sizes = [], [], [], [], [], [], [], []
     parts = {name: sum(places, ()) for name, places in PART_SLIDERS.items() if name in engine.attributes.names}
     part_changes: dict[str, list[float]] = {f"{name}_{place}": [] for name, places in parts.items() for place in places}
     forehead: list[float] = []
@@ -477,8 +478,12 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
         samples = align.apply(align.invert(t), _stroke_samples(FRINGE, session.resolution))
         radius = FRINGE.radius * session.resolution / align.scale_of(t)
         session.paint(FRINGE.color, radius, [(float(x), float(y)) for x, y in samples])
-        fringe.append(_texture_ratio(photo.pixels, session.composite(detail=True)))
+        painted = session.composite(detail=True)
+        fringe.append(_texture_ratio(photo.pixels, painted))
         fringe_plain.append(_texture_ratio(photo.pixels, session.composite()))
+        eyes = _photo_pixels_of(session, EYES, True)
+        if eyes.any():  # what the fringe's reach lays over the brows and eyes below it
+            fringe_eyes.append(float(np.abs(painted.astype(np.int16) - photo.pixels.astype(np.int16))[eyes].mean()))
         session.reset()
         outside = _photo_pixels_of(session, HEAD_ENVELOPE, inside=False)
         face = _photo_pixels_of(session, INNER_FACE, inside=True)
@@ -498,7 +503,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
             if bare is not None and bare.any():
                 forehead.append(float(diff[bare].mean()))
             session.set_sliders({})
-        where = {"face": face, "hair": top, "background": outside, "eyes": _photo_pixels_of(session, EYES, True),
+        where = {"face": face, "hair": top, "background": outside, "eyes": eyes,
                  "mouth_and_chin": _photo_pixels_of(session, MOUTH_AND_CHIN, True),
                  "lips": _photo_pixels_of(session, LIPS, True)}
         for name, places in parts.items():
@@ -520,6 +525,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
                               "fringe_texture_ratio": mean(fringe),
                               "hair_detail": engine.detail is not None,
                               "fringe_texture_ratio_without_detail": mean(fringe_plain),
+                              "fringe_eyes_change_255": mean(fringe_eyes),
                               "slider_texture_ratio": mean(slider_texture),
                               "sliders": [a.name for a in sliders],
                               "slider_background_change_255": mean(background),
