@@ -19,7 +19,7 @@ from torch import nn
 
 from engine.core.model import FaceModel, ModelConfig
 from engine.tools.data import CACHE_VERSION
-from engine.tools.train import Trainer, TrainOptions, train
+from engine.tools.train import TrainOptions, train
 from tests.conftest import TINY
 
 # `npe train` flags for a network and run as small as the tests' own
@@ -719,6 +719,7 @@ def test_bf16_falls_back_to_float32_where_the_device_would_emulate_it(
     slower than float32, so every network the step calls runs as it is and the run says why;
     where the device has it, every one runs under autocast."""
     from engine.tools import train as train_module
+    from engine.tools.train import Trainer
 
     data = make_cache(tmp_path / "data")
     opts = tiny_options(data, tmp_path / "run", model=SHORTCUT, bf16=True, classifier_resolution=16, w_latent=0.3)

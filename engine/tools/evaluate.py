@@ -410,6 +410,11 @@ def _laplacian_energy(pixels: np.ndarray) -> np.ndarray:
     return np.abs(cv2.Laplacian(gray, cv2.CV_32F, ksize=3))
 
 
+def _change_255(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """(H, W) float: how far an edit moved each pixel of a uint8 photo, the mean over its channels (0..255)."""
+    return np.abs(after.astype(np.int16) - before.astype(np.int16)).mean(axis=2)
+
+
 def _texture_ratio(before: np.ndarray, after: np.ndarray) -> float:
     """Mean |Laplacian| of ``after`` over the pixels the edit changed, over the same of ``before``."""
     changed = np.abs(after.astype(np.int16) - before.astype(np.int16)).max(axis=2) > 4
@@ -483,7 +488,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
         fringe_plain.append(_texture_ratio(photo.pixels, session.composite()))
         eyes = _photo_pixels_of(session, EYES, True)
         if eyes.any():  # what the fringe's reach lays over the brows and eyes below it
-            fringe_eyes.append(float(np.abs(painted.astype(np.int16) - photo.pixels.astype(np.int16))[eyes].mean()))
+            fringe_eyes.append(float(_change_255(photo.pixels, painted)[eyes].mean()))
         session.reset()
         outside = _photo_pixels_of(session, HEAD_ENVELOPE, inside=False)
         face = _photo_pixels_of(session, INNER_FACE, inside=True)
@@ -493,7 +498,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
             session.set_sliders({a.name: 1.0})
             edited = session.composite(detail=True)
             slider_texture.append(_texture_ratio(photo.pixels, edited))
-            diff = np.abs(edited.astype(np.int16) - photo.pixels.astype(np.int16)).mean(axis=2)
+            diff = _change_255(photo.pixels, edited)
             if outside.any():
                 background.append(float(diff[outside].mean()))
             if face.any():
@@ -508,7 +513,7 @@ def photo_edit_metrics(engine: Engine, data: Path, n: int = 12) -> dict[str, obj
                  "lips": _photo_pixels_of(session, LIPS, True)}
         for name, places in parts.items():
             session.set_sliders({name: 1.0})
-            diff = np.abs(session.composite(detail=True).astype(np.int16) - photo.pixels.astype(np.int16)).mean(axis=2)
+            diff = _change_255(photo.pixels, session.composite(detail=True))
             for place in places:
                 if where[place].any():
                     part_changes[f"{name}_{place}"].append(float(diff[where[place]].mean()))
