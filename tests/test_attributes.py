@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -158,32 +159,59 @@ def test_quality_marks() -> None:
     assert q(0.3, 0.6, **{"chroma_excess_at_+1": 2.9}) == "weak"
 
 
-def test_each_conditioned_attribute_keeps_the_slider_the_judge_rated_higher() -> None:
-    """Of an attribute's two sliders, the decoder's input and the latent direction, the higher rated
-    stays: a direction that adds the attribute to more faces wins, unless its coloured mark hides it;
-    a tie keeps the input; an attribute the decoder does not take keeps its direction. Every kept
-    slider keeps its direction's vector, for the sliders that hold it fixed."""
-    names = ["smiling", "eyeglasses", "bangs", "male"]
+def test_each_conditioned_attribute_keeps_the_slider_the_judge_rated_highest() -> None:
+    """Of an attribute's sliders, the decoder's input, the input and the latent together, and the
+    latent direction, the highest rated stays: a way that adds the attribute to more faces wins,
+    unless its coloured mark hides it; a tie keeps the earlier (the input first, the direction last);
+    an attribute the decoder does not take keeps its direction. Every kept slider keeps its
+    direction's vector, for the sliders that hold it fixed."""
+    names = ["smiling", "eyeglasses", "bangs", "male", "age"]
     dirs = torch.eye(len(names), TINY.latent_dim)
     latent = AttributeSet([Attribute(n, n, 1.0) for n in names], dirs)
     inputs = {n: Attribute(n, n, 1.0, kind=SliderKind.CONDITION, condition=i) for i, n in enumerate(names[:3])}
+    both = {n: replace(a, latent_step=0.5) for n, a in inputs.items()}
+    both["age"] = Attribute("age", "age", 1.0, kind=SliderKind.CONDITION, condition=4, latent_step=0.5)
 
     def r(up: float, end: float, mark: float = 0.0) -> dict[str, float]:
         return {"flip_to_positive": up, "flip_to_positive_at_slider_end": end, "judge_false_positive_before": 0.05,
                 "chroma_excess_at_+1": mark}
-    report = {"smiling": r(0.9, 0.95), "eyeglasses": r(0.9, 0.95, mark=9.3), "bangs": r(0.5, 0.9), "male": r(0.9, 0.95)}
+    report = {"smiling": r(0.9, 0.95), "eyeglasses": r(0.9, 0.95, mark=9.3), "bangs": r(0.5, 0.9),
+              "male": r(0.9, 0.95), "age": r(0.5, 0.9)}
     input_report = {"smiling": r(0.3, 0.6), "eyeglasses": r(0.3, 0.6), "bangs": r(0.5, 0.9)}
-    kept_set, kept, passed_over = keep_better_kind(latent, inputs, report, input_report)
-    assert {a.name: a.kind for a in kept_set.attributes} == {
-        "smiling": SliderKind.DIRECTION, "eyeglasses": SliderKind.CONDITION, "bangs": SliderKind.CONDITION,
-        "male": SliderKind.DIRECTION}
+    both_report = {"smiling": r(0.6, 0.9), "eyeglasses": r(0.3, 0.6), "bangs": r(0.5, 0.9), "age": r(0.7, 0.9)}
+    kept_set, kept, passed_over = keep_better_kind(latent, [(inputs, input_report), (both, both_report)], report)
+    assert {a.name: (a.kind, a.latent_step) for a in kept_set.attributes} == {
+        "smiling": (SliderKind.DIRECTION, 0.0), "eyeglasses": (SliderKind.CONDITION, 0.0),
+        "bangs": (SliderKind.CONDITION, 0.0), "male": (SliderKind.DIRECTION, 0.0), "age": (SliderKind.CONDITION, 0.5)}
     assert kept["smiling"] == report["smiling"]
     assert kept["eyeglasses"] == input_report["eyeglasses"]
-    assert passed_over == {"smiling": {"kind": "condition", **input_report["smiling"]},
-                           "eyeglasses": {"kind": "direction", **report["eyeglasses"]},
-                           "bangs": {"kind": "direction", **report["bangs"]}}
+    assert kept["age"] == both_report["age"]
+    assert passed_over == {
+        "smiling": [{"kind": "condition", **input_report["smiling"]},
+                    {"kind": "condition", "latent_step": 0.5, **both_report["smiling"]}],
+        "eyeglasses": [{"kind": "condition", "latent_step": 0.5, **both_report["eyeglasses"]},
+                       {"kind": "direction", **report["eyeglasses"]}],
+        "bangs": [{"kind": "condition", "latent_step": 0.5, **both_report["bangs"]},
+                  {"kind": "direction", **report["bangs"]}],
+        "age": [{"kind": "direction", **report["age"]}]}
     for a, d in zip(kept_set.attributes, kept_set.directions, strict=True):
         assert torch.equal(d, dirs[names.index(a.name)])
+
+
+def test_a_condition_slider_with_a_latent_step_moves_the_latent_too(tmp_path: Path) -> None:
+    """A CONDITION slider moves the latent by value * latent_step along its direction, and by
+    nothing without one; a latent slider by value * step. The step survives the model's files."""
+    dirs = torch.eye(3, TINY.latent_dim)
+    attrs = AttributeSet([Attribute("smiling", "s", 2.0, kind=SliderKind.CONDITION, condition=0, latent_step=0.5),
+                          Attribute("eyeglasses", "e", 2.0, kind=SliderKind.CONDITION, condition=1),
+                          Attribute("male", "m", 3.0)], dirs)
+    assert torch.equal(attrs.offset({"smiling": 2.0}), 1.0 * dirs[0])
+    assert torch.equal(attrs.offset({"eyeglasses": 2.0}), torch.zeros(TINY.latent_dim))
+    assert torch.equal(attrs.offset({"smiling": 2.0, "eyeglasses": 1.0, "male": -1.0}), dirs[0] - 3.0 * dirs[2])
+    assert torch.equal(attrs.condition_offset({"smiling": 2.0, "eyeglasses": 1.0, "male": -1.0}, 2),
+                       torch.tensor([4.0, 2.0]))
+    attrs.save(tmp_path)
+    assert [a.latent_step for a in AttributeSet.load(tmp_path, TINY.latent_dim).attributes] == [0.5, 0.0, 0.0]
 
 
 def test_judge_shapes() -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.core.attributes import CONDITION_LIMIT, AttributeSet, SliderKind, condition_input
+from engine.core.attributes import CONDITION_LIMIT, Attribute, AttributeSet, SliderKind, condition_input
 from engine.core.document import load_session, save_session
 from engine.core.pipeline import Engine, open_session
 from engine.tools.cli import main
@@ -110,10 +110,11 @@ def test_npe_edit_and_info_with_a_conditioned_model(tiny_conditioned_model_dir: 
 def test_npe_attributes_keeps_the_better_judged_way_to_move_each_conditioned_attribute(
         tiny_conditioned_model_dir: Path, tmp_path: Path, face_photo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each attribute the decoder takes is judged both as a slider on that input and as a latent
-    direction; the better one stays, the other is reported as passed over. Here the judge's figures
-    are tilted: smiling's input and eyeglasses' direction add the attribute to more faces, but
-    eyeglasses' direction leaves a coloured mark, which hides it, so its weak input stays."""
+    """Each attribute the decoder takes is judged three ways, as a slider on that input, as a latent
+    direction, and as both moved together; the best stays, the others are reported as passed over.
+    Here the judge's figures are tilted: smiling's input and latent together and eyeglasses' direction
+    add the attribute to more faces, but eyeglasses' direction leaves a coloured mark, which hides it,
+    so its weak input stays (its input and latent together, as weak, lose the tie)."""
     from engine.tools import attribute_learning
     from tests.test_train import make_cache
 
@@ -127,13 +128,16 @@ def test_npe_attributes_keeps_the_better_judged_way_to_move_each_conditioned_att
     model = tmp_path / "model"
     shutil.copytree(tiny_conditioned_model_dir, model)
     judged = attribute_learning.judge_sliders
-    better = {("smiling", SliderKind.CONDITION), ("eyeglasses", SliderKind.DIRECTION)}
+    better = {("smiling", "both"), ("eyeglasses", "direction")}
+
+    def way(a: Attribute) -> str:
+        return "both" if a.latent_step else a.kind.value
 
     def tilted(engine: Engine, attrs: AttributeSet, *args: object, **kw: object) -> dict[str, dict[str, float]]:
         report = judged(engine, attrs, *args, **kw)  # type: ignore[arg-type]
         for a in attrs.attributes:  # the inputs not tilted up are weak (at the slider's end), the directions hidden
             if a.name in report:
-                up = (a.name, a.kind) in better
+                up = (a.name, way(a)) in better
                 end = 0.95 if up else 0.5 if a.kind is SliderKind.CONDITION else 0.2
                 report[a.name].update(flip_to_positive=0.9 if up else 0.2, flip_to_positive_at_slider_end=end,
                                       judge_false_positive_before=0.1)
@@ -151,17 +155,18 @@ def test_npe_attributes_keeps_the_better_judged_way_to_move_each_conditioned_att
     monkeypatch.setattr(attribute_learning, "colour_against_real", marked)
     assert main(["attributes", "--data", str(data), "--weights", str(model), "--device", "cpu"]) == 0
     attrs = AttributeSet.load(model, CONDITIONED.latent_dim)
-    kinds = {a.name: (a.kind, a.condition, a.quality) for a in attrs.attributes if a.kind is not SliderKind.PRINCIPAL}
+    kinds = {a.name: (way(a), a.condition, a.quality) for a in attrs.attributes if a.kind is not SliderKind.PRINCIPAL}
     # the direction adds eyeglasses to more faces than the input, but its mark hides it: the input stays
-    assert kinds == {"smiling": (SliderKind.CONDITION, 0, "good"), "eyeglasses": (SliderKind.CONDITION, 1, "weak"),
-                     "male": (SliderKind.DIRECTION, -1, "hidden")}
+    assert kinds == {"smiling": ("both", 0, "good"), "eyeglasses": ("condition", 1, "weak"),
+                     "male": ("direction", -1, "hidden")}
     doc = json.loads((model / "attributes.json").read_text())
     assert {n: r["flip_to_positive"] for n, r in doc["evaluation"].items()} == {
         "smiling": 0.9, "eyeglasses": 0.2, "male": 0.2}  # the report of the slider kept
     assert doc["evaluation"]["eyeglasses"]["chroma_excess_at_+1"] == 0.0
-    assert doc["passed_over"]["eyeglasses"]["chroma_excess_at_+1"] == 9.3
-    assert {n: (r["kind"], r["flip_to_positive"]) for n, r in doc["passed_over"].items()} == {
-        "smiling": ("direction", 0.2), "eyeglasses": ("direction", 0.9)}
+    assert doc["passed_over"]["eyeglasses"][-1]["chroma_excess_at_+1"] == 9.3
+    assert {n: [("both" if "latent_step" in r else r["kind"], r["flip_to_positive"]) for r in rs]
+            for n, rs in doc["passed_over"].items()} == {
+        "smiling": [("condition", 0.2), ("direction", 0.2)], "eyeglasses": [("both", 0.2), ("direction", 0.9)]}
     # every slider keeps its latent direction, the input one too (for the sliders that hold it fixed)
     assert bool((attrs.directions[:3].norm(dim=1) > 0.99).all())
     # in the editor, the one moves the decoder's input and the other the latent
@@ -174,6 +179,9 @@ def test_npe_attributes_keeps_the_better_judged_way_to_move_each_conditioned_att
     s.set_sliders({"male": 0.0, "eyeglasses": 1.0})
     assert torch.allclose(s.z, z0)
     assert s.a[0, 1] > a0[0, 1] + 1
+    s.set_sliders({"eyeglasses": 0.0, "smiling": 1.0})  # and the one kept for both moves both
+    assert s.a[0, 0] > a0[0, 0] + 1
+    assert torch.allclose(s.z - z0, attrs.get("smiling").latent_step * attrs.direction("smiling", s.hold), atol=1e-5)
 
 
 def test_npe_info_names_each_sliders_judged_quality(model_with_a_failed_slider: Path,

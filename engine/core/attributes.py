@@ -5,6 +5,8 @@ vector (the normal of a linear boundary learned on encoded, labelled faces) and 
 the distance from the average face without the attribute to the average face with it, so
 +1 is "as much more as a typical face that has it". Unlabelled (principal) directions use
 the spread of the encoded training faces along them, so +1 is one standard deviation.
+A CONDITION slider moves an entry of a conditioned decoder's attribute input instead, and the
+latent along its direction too where it has a ``latent_step``.
 
 Conditional editing: a direction can be made orthogonal to its correlated ones (``hold``),
 so moving "gray hair" does not also age the face, following InterFaceGAN. Whether it is on
@@ -140,6 +142,10 @@ class Attribute:
     default_hold: tuple[str, ...] = ()  # what "hold correlated attributes fixed" projects out
     quality_independent: str = ""  # the quality with the held attributes free ("": the same)
     condition: int = -1  # CONDITION sliders: the entry of the decoder's attribute input they move
+    # CONDITION sliders: how far they also move the latent along the attribute's direction, per unit
+    # (0: the input alone). The two agree (a face whose input says "glasses" and whose latent sits
+    # with the faces that have them), as every face the decoder learned to reconstruct did
+    latent_step: float = 0.0
 
     def quality_in(self, hold: bool) -> str:
         return self.quality if hold or not self.quality_independent else self.quality_independent
@@ -212,11 +218,14 @@ class AttributeSet:
         return self._cache[key]
 
     def offset(self, values: SliderValues | Mapping[str, float], hold: bool = True) -> torch.Tensor:
-        """The latent sliders' move: sum of value * step * direction, shape (D,)."""
+        """The sliders' move of the latent: sum of value * step * direction, shape (D,); a CONDITION
+        slider's step here is its ``latent_step`` (most move the decoder's input alone)."""
         out = torch.zeros(self.latent_dim)
         for name, v in SliderValues.of(values).items:
-            if self.get(name).kind is not SliderKind.CONDITION:
-                out += v * self.get(name).step * self.direction(name, hold)
+            a = self.get(name)
+            step = a.latent_step if a.kind is SliderKind.CONDITION else a.step
+            if step:
+                out += v * step * self.direction(name, hold)
         return out
 
     def condition_offset(self, values: SliderValues | Mapping[str, float], k: int) -> torch.Tensor:
@@ -249,7 +258,8 @@ class AttributeSet:
             "attributes": [
                 {"name": a.name, "label": a.label, "step": a.step, "quality": a.quality, "note": a.note,
                  "kind": a.kind.value, "default_hold": list(a.default_hold),
-                 "quality_independent": a.quality_independent, "condition": a.condition}
+                 "quality_independent": a.quality_independent, "condition": a.condition,
+                 "latent_step": a.latent_step}
                 for a in self.attributes
             ],
             **meta,
@@ -269,7 +279,8 @@ class AttributeSet:
                                kind=_kind(a.get("kind", "direction")),
                                default_hold=tuple(a.get("default_hold", ())),
                                quality_independent=a.get("quality_independent", ""),
-                               condition=int(a.get("condition", -1)))
+                               condition=int(a.get("condition", -1)),
+                               latent_step=float(a.get("latent_step", 0.0)))
                      for a in doc["attributes"]]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ModelError(f"attribute list {names_path} is damaged ({e})") from None

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -208,16 +208,15 @@ def slider_view(engine: Engine, attrs: AttributeSet, attr: Attribute, crops: tor
                 a: torch.Tensor | None, value: float, hold: bool = True) -> torch.Tensor:
     """What the editor shows of ``crops`` with one slider at ``value``: a latent slider moves z,
     a CONDITION slider moves its entry of the decoder's attribute input ``a`` (the encoder's
-    reading of the crops; None for a plain model)."""
+    reading of the crops; None for a plain model), and z too where it has a ``latent_step``."""
     decoder = engine.loaded.model.decode  # a slider leaves the photo's feature map out (EditSession.kept_map)
+    offset = attrs.offset({attr.name: value}, hold).view(1, -1)
     if attr.kind is SliderKind.CONDITION:
         if a is None:
             raise ValueError(f"slider {attr.name} moves the decoder's attribute input, but this model has none")
-        shift = torch.zeros_like(a[:1])
-        shift[0, attr.condition] = value * attr.step
-        return render_shift(decoder, crops, z, torch.zeros_like(z[:1]), a=a, a_moved=condition_input(a, shift))
-    d = attrs.direction(attr.name, hold) * attr.step
-    return render_shift(decoder, crops, z, value * d.view(1, -1), a=a)
+        shift = attrs.condition_offset({attr.name: value}, a.shape[1]).to(a).view(1, -1)
+        return render_shift(decoder, crops, z, offset, a=a, a_moved=condition_input(a, shift))
+    return render_shift(decoder, crops, z, offset, a=a)
 
 
 def face_region(resolution: int) -> torch.Tensor:
@@ -333,35 +332,38 @@ def judged_rank(r: dict[str, float]) -> tuple[int, float]:
     return ({"good": 2, "weak": 1}.get(quality_of(r), 0), lift if lift == lift else -1.0)
 
 
-def keep_better_kind(aset: AttributeSet, inputs: dict[str, Attribute], report: dict[str, dict[str, float]],
-                     input_report: dict[str, dict[str, float]]
-                     ) -> tuple[AttributeSet, dict[str, dict[str, float]], dict[str, dict[str, object]]]:
+def keep_better_kind(aset: AttributeSet, alternatives: list[tuple[dict[str, Attribute], dict[str, dict[str, float]]]],
+                     report: dict[str, dict[str, float]]
+                     ) -> tuple[AttributeSet, dict[str, dict[str, float]], dict[str, list[dict[str, object]]]]:
     """For each attribute a conditioned decoder takes, keep whichever slider the judge rated
-    higher (``judged_rank``): the one on the decoder's input (``inputs``, judged in
-    ``input_report``) or the latent direction (in ``aset``, judged in ``report``); a tie keeps the
-    input. Measured on 64-px models conditioned with the latent adversary (3,000 steps, 300
+    higher (``judged_rank``): one of the ``alternatives`` (sliders by name with the judge's report
+    on them: on the decoder's input, or on the input and the latent together) or the latent
+    direction (in ``aset``, judged in ``report``); a tie keeps the earliest, the latent direction
+    last. Measured on 64-px models conditioned with the latent adversary (3,000 steps, 300
     held-out faces): on one, pale skin's direction was weak where its input was hidden; on the
     other the inputs won all 16 (such a latent holds little of the attributes; without the
     adversary it holds more, so the directions may win more often). A kept input slider keeps the latent
     direction's vector too, so that other sliders holding it fixed still project it out.
-    Returns the new set, the report of the sliders kept and that of those passed over."""
+    Returns the new set, the report of the sliders kept and, by name, those passed over (each
+    with its kind and, where it moves the latent too, its ``latent_step``)."""
     attrs, vectors = [], []
     kept = dict(report)
-    passed_over: dict[str, dict[str, object]] = {}
+    passed_over: dict[str, list[dict[str, object]]] = {}
     latent = {a.name: i for i, a in enumerate(aset.attributes)}
-    order = [n for n in SLIDERS if n in latent or n in inputs] + [n for n in latent if n not in SLIDERS]
+    taken = {n for sliders, _ in alternatives for n in sliders}
+    order = [n for n in SLIDERS if n in latent or n in taken] + [n for n in latent if n not in SLIDERS]
     for name in order:
         i = latent.get(name)
-        if name in inputs and (i is None or judged_rank(input_report[name]) >= judged_rank(report[name])):
-            attrs.append(inputs[name])
-            kept[name] = input_report[name]
-            if i is not None:
-                passed_over[name] = {"kind": SliderKind.DIRECTION.value, **report[name]}
-        else:
-            assert i is not None
-            attrs.append(aset.attributes[i])
-            if name in inputs:
-                passed_over[name] = {"kind": SliderKind.CONDITION.value, **input_report[name]}
+        ways = [(sliders[name], judged[name]) for sliders, judged in alternatives if name in sliders]
+        if i is not None:
+            ways.append((aset.attributes[i], report.get(name, {})))
+        best = 0 if len(ways) == 1 else max(range(len(ways)), key=lambda k: (judged_rank(ways[k][1]), -k))
+        attrs.append(ways[best][0])
+        if ways[best][1]:
+            kept[name] = ways[best][1]
+        if len(ways) > 1:
+            passed_over[name] = [{"kind": a.kind.value, **({"latent_step": a.latent_step} if a.latent_step else {}),
+                                  **r} for k, (a, r) in enumerate(ways) if k != best]
         vectors.append(aset.directions[i] if i is not None else torch.zeros(aset.latent_dim))
     return AttributeSet(attrs, torch.stack(vectors)), kept, passed_over
 
@@ -449,11 +451,16 @@ def learn_attributes(args: AttributeOptions) -> dict[str, object]:
            for i, n in enumerate(judge_names)}
     save_judge(judge, model_dir, judge_names, acc)
     report = judged_with_marks(engine, aset, judge, judge_names, test)
-    passed_over: dict[str, dict[str, object]] = {}
-    if inputs:  # both ways of moving each conditioned attribute are judged; the slider keeps the better
+    passed_over: dict[str, list[dict[str, object]]] = {}
+    if inputs:  # each way of moving a conditioned attribute is judged; the slider keeps the best
         on_inputs = AttributeSet(list(inputs.values()), torch.zeros(len(inputs), aset.latent_dim))
-        input_report = judged_with_marks(engine, on_inputs, judge, judge_names, test)
-        aset, report, passed_over = keep_better_kind(aset, inputs, report, input_report)
+        alternatives = [(inputs, judged_with_marks(engine, on_inputs, judge, judge_names, test))]
+        both = {n: replace(a, latent_step=aset.get(n).step, note="the decoder's attribute input and the latent "
+                           "direction together") for n, a in inputs.items() if n in aset.names}
+        if both:  # the input and the latent direction moved together
+            on_both = AttributeSet(list(both.values()), torch.stack([aset.directions[aset.index(n)] for n in both]))
+            alternatives.append((both, judged_with_marks(engine, on_both, judge, judge_names, test)))
+        aset, report, passed_over = keep_better_kind(aset, alternatives, report)
     for a in aset.attributes:
         if a.name in report:
             r = report[a.name]
