@@ -121,7 +121,9 @@ def test_npe_attributes_keeps_the_better_judged_way_to_move_each_conditioned_att
     data = make_cache(tmp_path / "data", n=240, size=CONDITIONED.resolution)
     cache = data / f"aligned-{CONDITIONED.resolution}"
     rng = np.random.default_rng(6)
-    np.save(cache / "labels.npy", rng.choice(np.array([-1, 1], np.int8), (240, 3)))
+    smiling, eyeglasses = rng.choice(np.array([-1, 1], np.int8), (2, 240))
+    male = np.where(rng.random(240) < 0.8, smiling, -smiling).astype(np.int8)  # correlated: smiling holds male
+    np.save(cache / "labels.npy", np.stack([smiling, eyeglasses, male], 1))
     meta = json.loads((cache / "meta.json").read_text())
     meta["attribute_names"] = ["Smiling", "Eyeglasses", "Male"]
     (cache / "meta.json").write_text(json.dumps(meta))
@@ -182,6 +184,10 @@ def test_npe_attributes_keeps_the_better_judged_way_to_move_each_conditioned_att
     s.set_sliders({"eyeglasses": 0.0, "smiling": 1.0})  # and the one kept for both moves both
     assert s.a[0, 0] > a0[0, 0] + 1
     assert torch.allclose(s.z - z0, attrs.get("smiling").latent_step * attrs.direction("smiling", s.hold), atol=1e-5)
+    # holding what its direction holds: with the hold on, its latent move leaves male's direction be
+    assert attrs.get("smiling").default_hold == ("male",)
+    assert s.hold
+    assert abs(float((s.z - z0).flatten() @ attrs.directions[attrs.index("male")])) < 1e-4
 
 
 def test_npe_info_names_each_sliders_judged_quality(model_with_a_failed_slider: Path,

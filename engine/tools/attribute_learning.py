@@ -455,8 +455,10 @@ def learn_attributes(args: AttributeOptions) -> dict[str, object]:
     if inputs:  # each way of moving a conditioned attribute is judged; the slider keeps the best
         on_inputs = AttributeSet(list(inputs.values()), torch.zeros(len(inputs), aset.latent_dim))
         alternatives = [(inputs, judged_with_marks(engine, on_inputs, judge, judge_names, test))]
-        both = {n: replace(a, latent_step=aset.get(n).step, note="the decoder's attribute input and the latent "
-                           "direction together") for n, a in inputs.items() if n in aset.names}
+        # a slider moving both holds what the direction holds: its latent move leaves the correlated attributes be
+        both = {n: replace(a, latent_step=aset.get(n).step, default_hold=aset.get(n).default_hold,
+                           note="the decoder's attribute input and the latent direction together")
+                for n, a in inputs.items() if n in aset.names}
         if both:  # the input and the latent direction moved together
             on_both = AttributeSet(list(both.values()), torch.stack([aset.directions[aset.index(n)] for n in both]))
             alternatives.append((both, judged_with_marks(engine, on_both, judge, judge_names, test)))
