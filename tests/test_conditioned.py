@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,48 @@ def test_a_condition_slider_moves_the_decoders_input_not_the_latent(conditioned:
     assert np.array_equal(s.composite(), after)
     s.undo()
     assert np.array_equal(s.composite(), before)
+
+
+def test_a_brush_that_moves_the_attribute_input_goes_through_sliders_undo_and_session_files(
+        conditioned: Engine, face_photo: Path, tmp_path: Path) -> None:
+    """With ``BrushRule.attributes`` a stroke moves the decoder's attribute input as well as z; the
+    sliders add to that move, and undo, redo and session files keep it with the step it belongs to."""
+    s, faces = open_session(conditioned, face_photo)
+    assert s.a0 is not None
+    s.rule = replace(s.rule, attributes=0.1)
+    before = s.composite()
+    s.paint((10, 10, 10), 6, [(30, 30), (40, 32), (50, 35)])
+    moved = s.brush_attributes
+    assert moved is not None
+    assert float(moved.abs().max()) > 0.02
+    assert torch.allclose(s.a, condition_input(s.a0, moved))
+    assert s.edited
+    painted = s.composite()
+    assert not np.array_equal(painted, before)
+    s.set_sliders({"eyeglasses": 1.0})
+    s.commit()
+    assert torch.allclose(s.a, condition_input(s.a0, moved + torch.tensor([[0.0, 1.0]])))
+    save_session(s, tmp_path / "b.npe", faces, 0)
+    again, _, _ = load_session(conditioned, tmp_path / "b.npe")
+    assert again.brush_attributes is not None
+    assert torch.equal(again.brush_attributes, moved)
+    assert np.array_equal(again.composite(), s.composite())
+    again.undo()  # the slider: the stroke's move stays
+    assert np.array_equal(again.composite(), painted)
+    again.undo()  # the stroke
+    assert again.brush_attributes is not None
+    assert not again.brush_attributes.any()
+    assert np.array_equal(again.composite(), before)
+    again.redo()
+    assert np.array_equal(again.composite(), painted)
+    again.reset()
+    assert not again.brush_attributes.any()
+    # the model's own rule (step 0) leaves the attribute input to the sliders
+    plain, _ = open_session(conditioned, face_photo)
+    plain.paint((10, 10, 10), 6, [(30, 30), (40, 32), (50, 35)])
+    assert plain.brush_attributes is not None
+    assert not plain.brush_attributes.any()
+    assert torch.equal(plain.a, plain.a0)
 
 
 def test_the_attribute_input_bends_toward_its_limit_past_the_trained_range() -> None:

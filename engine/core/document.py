@@ -41,7 +41,9 @@ from engine.core.session import EditSession, Snapshot
 # 2: each undo step records whether sliders held correlated attributes fixed ("hold");
 #    version 1 files, written before the mode was part of the edit, read as held (the default)
 # 3: every edited face's history ("edits"); versions 1 and 2 held the chosen face's alone
-SESSION_FORMAT = 3
+# 4: a step may hold the brush's move of a conditioned decoder's attributes ("brush_attributes");
+#    earlier files have none (the brush moved z alone)
+SESSION_FORMAT = 4
 
 
 class SessionError(ImageError):
@@ -143,6 +145,8 @@ def document_bytes(doc: Document) -> bytes:
             tensors[f"edit{j}.history.{i}"] = torch.from_numpy(snap.z_base.copy())
             if snap.reach is not None:  # where the strokes' change shows (absent: everywhere)
                 tensors[f"edit{j}.reach.{i}"] = torch.from_numpy(snap.reach.copy())
+            if snap.brush_attributes is not None:  # the brush's move of a conditioned decoder's attributes
+                tensors[f"edit{j}.brush_attributes.{i}"] = torch.from_numpy(snap.brush_attributes.copy())
     meta = {
         "format_version": SESSION_FORMAT,
         "model_id": doc.model.model_id,
@@ -198,9 +202,13 @@ def _history(edit: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str
             if tuple(stored.shape) != (resolution, resolution):
                 raise ValueError(f"step {i}'s reach has shape {tuple(stored.shape)}")
             reach = stored.numpy().astype(np.float32).clip(0, 1)
+        moved = tensors.get(f"{prefix}brush_attributes.{i}")  # absent: saved before the brush moved them
+        if moved is not None and (moved.ndim != 1 or not torch.isfinite(moved).all()):
+            raise ValueError(f"step {i}'s brushed attributes have shape {tuple(moved.shape)} or are not finite")
         history.append(Snapshot(tensors[f"{prefix}history.{i}"].numpy().astype(np.float32),
                                 SliderValues(tuple((str(k), float(v)) for k, v in h["sliders"])),
-                                bool(h.get("hold", True)), reach))
+                                bool(h.get("hold", True)), reach,
+                                None if moved is None else moved.numpy().astype(np.float32)))
     return history
 
 
@@ -229,6 +237,9 @@ def load_document(engine: Any, path: str | Path) -> Document:
         sessions = {}
         for edit, prefix in edits:
             history = _history(edit, tensors, prefix, loaded.config.resolution)
+            n_attributes = len(loaded.config.attributes)
+            if any(h.brush_attributes is not None and h.brush_attributes.shape != (n_attributes,) for h in history):
+                raise ValueError(f"brushed attributes that are not the model's {n_attributes}")
             position = int(edit["position"])
             if not 0 <= position < len(history):
                 raise ValueError("undo position out of range")

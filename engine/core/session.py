@@ -48,6 +48,8 @@ from engine.core.model import intensities
 from engine.core.regions import Regions, find_regions
 
 REFINE_STEPS_ON_RELEASE = 4
+# what the brush has moved: the latent and (a conditioned decoder) the attribute input's move
+BrushState = tuple[torch.Tensor, torch.Tensor | None]
 
 
 class StrokeMissedError(ValueError):
@@ -60,11 +62,16 @@ class Snapshot:
     sliders: SliderValues = SliderValues()
     hold: bool = True
     reach: np.ndarray | None = None  # float32 (R, R) in [0, 1], never changed in place; None: everywhere
+    # float32 (A,): the brush's move of a conditioned decoder's attribute input (None: a plain decoder)
+    brush_attributes: np.ndarray | None = None
 
     def same_as(self, other: Snapshot) -> bool:
         same_reach = (self.reach is other.reach if self.reach is None or other.reach is None
                       else np.array_equal(self.reach, other.reach))
-        return (self.sliders == other.sliders and self.hold == other.hold and same_reach
+        same_attributes = (self.brush_attributes is other.brush_attributes
+                           if self.brush_attributes is None or other.brush_attributes is None
+                           else np.array_equal(self.brush_attributes, other.brush_attributes))
+        return (self.sliders == other.sliders and self.hold == other.hold and same_reach and same_attributes
                 and np.array_equal(self.z_base, other.z_base))
 
 
@@ -129,6 +136,8 @@ class EditSession:
         self._recon0: tuple[torch.Tensor | None, torch.Tensor] | None = None
         self.z0 = z.clone()
         self.z_base = z.clone()
+        # the brush's move of the attribute input (``BrushRule.attributes``); zero until a stroke moves it
+        self.brush_attributes = None if self.a0 is None else torch.zeros_like(self.a0)
         self.sliders = SliderValues()
         self.hold = True
         self.reach: np.ndarray | None = np.zeros((self.resolution, self.resolution), np.float32)
@@ -138,8 +147,8 @@ class EditSession:
         self.position = 0
         self.stroke: Stroke | None = None
         self._render: CropRender | None = None
-        self._plain: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._growth: tuple[torch.Tensor, np.ndarray | None, np.ndarray | None, np.ndarray] | None = None
+        self._plain: tuple[BrushState, torch.Tensor] | None = None
+        self._growth: tuple[BrushState, np.ndarray | None, np.ndarray | None, np.ndarray] | None = None
         self._strands: tuple[tuple[float, tuple[int, ...]], np.ndarray, StrandLayer | None] | None = None
 
     def to(self, device: str | torch.device) -> None:
@@ -147,6 +156,8 @@ class EditSession:
         self.device = torch.device(device)
         if self.a0 is not None:
             self.a0 = self.a0.to(self.device)
+        if self.brush_attributes is not None:
+            self.brush_attributes = self.brush_attributes.to(self.device)
         for name in ("x", "z0", "z_base"):
             setattr(self, name, getattr(self, name).to(self.device))
         if self.photo_map is not None:
@@ -161,7 +172,8 @@ class EditSession:
         self._reach = None
         if self.stroke is not None:  # the optimiser restarts from the current latent
             old = self.stroke.optimizer
-            self.stroke.optimizer = BrushOptimizer(self.z, old.rule, old.radius_px, old.keep_image.to(self.device))
+            self.stroke.optimizer = BrushOptimizer(self.z, old.rule, old.radius_px, old.keep_image.to(self.device),
+                                                   self.brush_attributes)
         self._render = None
 
     @property
@@ -182,13 +194,19 @@ class EditSession:
 
     @property
     def a(self) -> torch.Tensor | None:
-        """The conditioned decoder's attribute input: the photo's reading moved by the CONDITION
-        sliders, bent back towards the trained range past it (``condition_input``; None for a
-        plain decoder)."""
-        if self.a0 is None:
+        """The conditioned decoder's attribute input: the photo's reading moved by the brush and
+        the CONDITION sliders, bent back towards the trained range past it (``condition_input``;
+        None for a plain decoder)."""
+        return self.attribute_input(self.brush_attributes)
+
+    def attribute_input(self, brushed: torch.Tensor | None, sliders: bool = True) -> torch.Tensor | None:
+        """The attribute input with the brush's move ``brushed`` (1, A), and the sliders' if ``sliders``."""
+        if self.a0 is None or brushed is None:
             return None
+        if not sliders:
+            return condition_input(self.a0, brushed)
         offset = self.attributes.condition_offset(self.sliders, self.a0.shape[1]).to(self.device)
-        return condition_input(self.a0, offset)
+        return condition_input(self.a0, offset + brushed)
 
     def kept_map(self) -> torch.Tensor | None:
         """The photo's feature map as the decoder gets it (a model with a shortcut; else None):
@@ -227,9 +245,10 @@ class EditSession:
                 self._recon0 = (photo_map, self.decoder(self.z0, self.a0).clone())
         return self._recon0[1]
 
-    def generate(self, z: torch.Tensor, sliders: bool = True) -> torch.Tensor:
-        """The decoder at ``z``, with the attribute input the sliders set (or the photo's own)."""
-        return self.decoder(z, self.a if sliders else self.a0)
+    def generate(self, z: torch.Tensor, brushed: torch.Tensor | None = None, sliders: bool = True) -> torch.Tensor:
+        """The decoder at ``z``, with the attribute input the brush (``brushed``, else the session's
+        own move) and the sliders set (or the brush alone's)."""
+        return self.decoder(z, self.attribute_input(self.brush_attributes if brushed is None else brushed, sliders))
 
     @property
     def z(self) -> torch.Tensor:
@@ -237,14 +256,19 @@ class EditSession:
         return self.z_base + self.slider_offset()
 
     def snapshot(self) -> Snapshot:
+        moved = self.brush_attributes
         return Snapshot(self.z_base[0].detach().cpu().numpy().astype(np.float32).copy(), self.sliders, self.hold,
-                        self.reach)
+                        self.reach, None if moved is None else moved[0].detach().cpu().numpy().astype(np.float32))
 
     def restore(self, snap: Snapshot) -> None:
         self.z_base = torch.from_numpy(snap.z_base.copy()).to(self.device).view(1, -1)
         self.sliders = snap.sliders
         self.hold = snap.hold
         self.reach = snap.reach
+        if self.brush_attributes is not None:
+            moved = snap.brush_attributes  # (a step saved before the brush moved attributes: none)
+            self.brush_attributes = (torch.zeros_like(self.brush_attributes) if moved is None
+                                     else torch.from_numpy(moved.copy()).to(self.device).view(1, -1))
         self._render = None
 
     def reach_tensor(self) -> torch.Tensor | None:
@@ -298,6 +322,7 @@ class EditSession:
         """Back to the encoded photo (one undo step)."""
         self.cancel_stroke()
         self.z_base = self.z0.clone()
+        self.forget_brushed_attributes()
         self.sliders = SliderValues()
         self.reach = np.zeros((self.resolution, self.resolution), np.float32)
         self._render = None
@@ -308,10 +333,15 @@ class EditSession:
         self.cancel_stroke()
         g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31, ()).item()))
         self.z_base = torch.randn(1, self.latent_dim, generator=g).to(self.device)
+        self.forget_brushed_attributes()
         self.sliders = SliderValues()
         self.reach = None  # a new face: shown everywhere
         self._render = None
         self.commit()
+
+    def forget_brushed_attributes(self) -> None:
+        if self.brush_attributes is not None:
+            self.brush_attributes = torch.zeros_like(self.brush_attributes)
 
     def set_latent(self, z: np.ndarray | torch.Tensor) -> None:
         """Set the latent the decoder sees (latent canvas); sliders stay as they are. The change
@@ -349,7 +379,7 @@ class EditSession:
         self.cancel_stroke()
         if not 0 < strength <= 10:
             raise ValueError(f"brush strength must be in (0, 10], got {strength}")
-        rule = replace(self.rule, lr=self.rule.lr * strength)
+        rule = replace(self.rule, lr=self.rule.lr * strength, attributes=self.rule.attributes * strength)
         r = self.resolution
         radius = max(0.5, radius_photo * align.scale_of(self.transform))
         with torch.inference_mode():
@@ -360,7 +390,7 @@ class EditSession:
             alpha=np.zeros((r, r), dtype=np.float32),
             paint=np.zeros((r, r, 3), dtype=np.float32),
             halo=np.zeros((r, r), dtype=np.float32),
-            optimizer=BrushOptimizer(self.z, rule, radius, keep),
+            optimizer=BrushOptimizer(self.z, rule, radius, keep, self.brush_attributes),
             reach_before=self.reach,
         )
 
@@ -393,10 +423,10 @@ class EditSession:
         plain = None
         if self.sliders_set:  # the brush's own change, for the preview's blend mask
             with torch.inference_mode():
-                plain = self.generate(s.optimizer.z.detach() - offset, sliders=False)
+                plain = self.generate(s.optimizer.z.detach() - offset, s.optimizer.attributes, sliders=False)
         generated, loss = s.optimizer.step(self.generate, paint, alpha, halo)
         s.losses.append(loss)
-        self.z_base = s.optimizer.z.detach() - offset
+        self.take_stroke_state()
         # the preview shows the decoder output computed for this step (one step behind)
         shown, mask = render(self.x, self.recon0, generated, self.mask_settings, plain, self.slider_region(),
                              self.reach_tensor())
@@ -424,10 +454,18 @@ class EditSession:
             for _ in range(refine_steps):
                 _, loss = s.optimizer.step(self.generate, paint, alpha, halo)
                 s.losses.append(loss)
-            self.z_base = s.optimizer.z.detach() - self.slider_offset()
+            self.take_stroke_state()
         self.stroke = None
         self._render = None
         return self.commit()
+
+    def take_stroke_state(self) -> None:
+        """The stroke's optimiser state becomes the session's (its latent less the sliders' move)."""
+        assert self.stroke is not None
+        opt = self.stroke.optimizer
+        self.z_base = opt.z.detach() - self.slider_offset()
+        if opt.attributes is not None:
+            self.brush_attributes = opt.attributes.detach().clone()
 
     def paint(self, color_rgb: tuple[int, int, int], radius_photo: float, points: list[tuple[float, float]],
               strength: float = 1.0) -> bool:
@@ -474,9 +512,19 @@ class EditSession:
 
     def _without_sliders(self) -> torch.Tensor:
         """G(z_base), kept while z_base stays the same (as it does while a slider is dragged)."""
-        if self._plain is None or not torch.equal(self._plain[0], self.z_base):
-            self._plain = (self.z_base.clone(), self.generate(self.z_base, sliders=False))
+        if self._plain is None or not self.brush_state_is(self._plain[0]):
+            self._plain = (self.brush_state(), self.generate(self.z_base, sliders=False))
         return self._plain[1]
+
+    def brush_state(self) -> BrushState:
+        """What the brush has moved (a copy): the latent and the attribute input's move."""
+        moved = self.brush_attributes
+        return self.z_base.clone(), None if moved is None else moved.clone()
+
+    def brush_state_is(self, state: BrushState) -> bool:
+        z, moved = state
+        now = self.brush_attributes
+        return torch.equal(z, self.z_base) and (moved is None or now is None or torch.equal(moved, now))
 
     def composite(self, pixels: np.ndarray | None = None, scale: float = 1.0,
                   result: CropRender | None = None, detail: bool = False) -> np.ndarray:
@@ -516,15 +564,15 @@ class EditSession:
     def brushed_view(self) -> tuple[np.ndarray | None, np.ndarray]:
         """The growth map and the crop as the brush alone left it (R, R, 3 uint8), kept while
         the latent and the brush's reach stay the same."""
-        if self._growth is None or self._growth[1] is not self.reach or not torch.equal(self._growth[0], self.z_base):
+        if self._growth is None or self._growth[1] is not self.reach or not self.brush_state_is(self._growth[0]):
             with torch.inference_mode():
                 plain = self.generate(self.z_base, sliders=False)
                 brushed = brush_mask(plain, self.recon0, self.mask_settings, self.reach_tensor())
                 after = to_uint8((self.x + brushed * (plain - self.x))[0])
             grow = None
-            if not torch.equal(self.z_base, self.z0):
+            if self.brushed:
                 grow = growth_map(self.crop_pixels, after, brushed[0, 0].cpu().numpy(), self.regions.strands)
-            self._growth = (self.z_base.clone(), self.reach, grow if grow is not None and grow.any() else None, after)
+            self._growth = (self.brush_state(), self.reach, grow if grow is not None and grow.any() else None, after)
         return self._growth[2], self._growth[3]
 
     def transform_at(self, scale: float) -> np.ndarray:
@@ -546,7 +594,13 @@ class EditSession:
     @property
     def edited(self) -> bool:
         moved_a = self.a0 is not None and self.sliders_set and not torch.equal(self.a, self.a0)  # type: ignore[arg-type]
-        return moved_a or not torch.equal(self.z, self.z0)
+        return moved_a or self.brushed or not torch.equal(self.z, self.z0)
+
+    @property
+    def brushed(self) -> bool:
+        """Whether the brush (or the latent canvas, a sample) moved anything from the encoded photo."""
+        moved = self.brush_attributes
+        return not torch.equal(self.z_base, self.z0) or (moved is not None and bool(moved.any()))
 
     def latent_grid(self) -> np.ndarray:
         """The current latent as a (rows, cols) array, for the latent canvas."""

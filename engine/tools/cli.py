@@ -369,6 +369,9 @@ def build_parser(attribute_list_from: Path | None | bool = False) -> argparse.Ar
                    help="the brush's step size to measure (default: the model's own, config.json 'brush')")
     p.add_argument("--brush-hue", type=float, default=None,
                    help="the brush's hue-drift weight to measure (default: the model's own, config.json 'brush')")
+    p.add_argument("--brush-attributes", type=float, default=None,
+                   help="the brush's step on a conditioned decoder's attribute input to measure (0: z alone; "
+                        "default: the model's own, config.json 'brush')")
     p.add_argument("--threads", type=int, default=0)
     _add_common(p)
 

@@ -330,6 +330,7 @@ class EvalOptions:
     rule: str = "adam"  # brush update rule to measure (adam or sgd2016)
     brush_lr: float | None = None  # the brush's step size to measure (None: the model's own)
     brush_hue: float | None = None  # the brush's hue-drift weight to measure (None: the model's own)
+    brush_attributes: float | None = None  # the brush's step on the attribute input to measure (None: the model's own)
     brush_n: int = 24  # faces to replay the brush strokes on
     threads: int = 0  # CPU threads (0: torch's default)
     weights: str | None = None  # model folder (default: pretrained/)
@@ -372,6 +373,8 @@ def evaluate(opts: EvalOptions) -> dict[str, object]:
         rule = replace(rule, lr=opts.brush_lr)
     if opts.brush_hue is not None:
         rule = replace(rule, hue=opts.brush_hue)
+    if opts.brush_attributes is not None:
+        rule = replace(rule, attributes=opts.brush_attributes)
     out.update(brush_metrics(engine, crops[:n_brush], rule))
     out["brush_export_lab"] = export_lab_metrics(engine, crops[:max(1, n_brush // 3)], rule=rule)
     out["brush_n"] = n_brush
