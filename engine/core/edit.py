@@ -67,8 +67,8 @@ class BrushRule:
     # z alone). Paint then also reaches what the decoder draws from its attributes: dark paint on a
     # forehead raises bangs and black hair, where z alone laid a grey translucent band. Measured on
     # the s41n model (c64-4918, 12 LFW photos, not the eval split; hue 180): colour-error reduction
-    # 0 / 0.02 / 0.05: 0.829 / 0.877 / 0.907, forehead 0.74 / 0.84 / 0.90, hue drift 1.43 / 1.40 /
-    # 1.42, change outside 0.0; 0.1: 0.921, forehead 0.93, drift 1.40. By eye on a 512-px portrait, a
+    # 0 / 0.05 / 0.1: 0.829 / 0.904 / 0.921, forehead 0.74 / 0.89 / 0.93, hue drift 1.43 / 1.40 /
+    # 1.40, change outside 0.0 (0.02, as an experiment outside the engine: 0.877). By eye on a 512-px portrait, a
     # dark forehead stroke: z alone a grey translucent band, 0.1 a dark brown fringe that meets the
     # hair above it. No effect on a plain decoder.
     attributes: float = 0.0
