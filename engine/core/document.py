@@ -191,7 +191,8 @@ def read_session(data: bytes, name: str = "session") -> tuple[dict[str, Any], by
     return meta, photo_bytes, tensors
 
 
-def _history(edit: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str, resolution: int) -> list[Snapshot]:
+def _history(edit: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str, resolution: int,
+             n_attributes: int) -> list[Snapshot]:
     """The undo history of one face's edit. A step without a reach (sessions saved before strokes
     were kept local) shows its change everywhere, as it did when it was made."""
     history = []
@@ -203,8 +204,9 @@ def _history(edit: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str
                 raise ValueError(f"step {i}'s reach has shape {tuple(stored.shape)}")
             reach = stored.numpy().astype(np.float32).clip(0, 1)
         moved = tensors.get(f"{prefix}brush_attributes.{i}")  # absent: saved before the brush moved them
-        if moved is not None and (moved.ndim != 1 or not torch.isfinite(moved).all()):
-            raise ValueError(f"step {i}'s brushed attributes have shape {tuple(moved.shape)} or are not finite")
+        if moved is not None and (tuple(moved.shape) != (n_attributes,) or not torch.isfinite(moved).all()):
+            raise ValueError(f"step {i}'s brushed attributes have shape {tuple(moved.shape)} (the model has "
+                             f"{n_attributes} attributes) or are not finite")
         history.append(Snapshot(tensors[f"{prefix}history.{i}"].numpy().astype(np.float32),
                                 SliderValues(tuple((str(k), float(v)) for k, v in h["sliders"])),
                                 bool(h.get("hold", True)), reach,
@@ -236,10 +238,7 @@ def load_document(engine: Any, path: str | Path) -> Document:
             edits = [(e, f"edit{j}.") for j, e in enumerate(meta["edits"])]
         sessions = {}
         for edit, prefix in edits:
-            history = _history(edit, tensors, prefix, loaded.config.resolution)
-            n_attributes = len(loaded.config.attributes)
-            if any(h.brush_attributes is not None and h.brush_attributes.shape != (n_attributes,) for h in history):
-                raise ValueError(f"brushed attributes that are not the model's {n_attributes}")
+            history = _history(edit, tensors, prefix, loaded.config.resolution, len(loaded.config.attributes))
             position = int(edit["position"])
             if not 0 <= position < len(history):
                 raise ValueError("undo position out of range")

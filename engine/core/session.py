@@ -66,13 +66,14 @@ class Snapshot:
     brush_attributes: np.ndarray | None = None
 
     def same_as(self, other: Snapshot) -> bool:
-        same_reach = (self.reach is other.reach if self.reach is None or other.reach is None
-                      else np.array_equal(self.reach, other.reach))
-        same_attributes = (self.brush_attributes is other.brush_attributes
-                           if self.brush_attributes is None or other.brush_attributes is None
-                           else np.array_equal(self.brush_attributes, other.brush_attributes))
-        return (self.sliders == other.sliders and self.hold == other.hold and same_reach and same_attributes
+        return (self.sliders == other.sliders and self.hold == other.hold
+                and _same_or_both_none(self.reach, other.reach)
+                and _same_or_both_none(self.brush_attributes, other.brush_attributes)
                 and np.array_equal(self.z_base, other.z_base))
+
+
+def _same_or_both_none(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return a is b if a is None or b is None else np.array_equal(a, b)
 
 
 @dataclass
