@@ -452,3 +452,44 @@ def test_the_photos_map_fades_where_the_brush_reaches_and_comes_back_on_undo(tin
         assert torch.allclose(s.recon0, s.model.model.reconstruct(s.x), atol=1e-6)
     s.sample(seed=1)
     assert not s.kept_map().any()
+
+
+def test_during_a_stroke_the_map_fades_again_only_in_steps_and_the_strokes_end_takes_the_exact_map(
+        tiny_model_dir: Path, face_photo: Path, tmp_path: Path) -> None:
+    """Each new map costs a decode of G(z0) as well as the brush's step, so while a stroke is
+    drawn the map stays until the growing reach moves some cell's fade by more than
+    MAP_REFRESH_DURING_STROKE; it never lags by more. The stroke's end, and all after it, decode
+    with the reach's exact map."""
+    from engine.core.session import MAP_REFRESH_DURING_STROKE
+
+    s = _shortcut_session(tiny_model_dir, face_photo, tmp_path)
+    full = s.photo_map
+    assert full is not None
+
+    def exact() -> torch.Tensor:
+        return full * (1 - torch.nn.functional.adaptive_max_pool2d(s.reach_tensor(), full.shape[-2:]))
+
+    decodes: list[int] = []
+    hook = s.model.model.decoder.register_forward_hook(lambda *_: decodes.append(1))
+    s.brush_begin((20, 20, 20), 4)
+    maps: list[torch.Tensor] = []
+    n = 40
+    for i in range(n):
+        s.brush_to([(20 + i * 0.5, 30)])
+        kept = s.kept_map()
+        assert bool(((kept - exact()).abs() <= MAP_REFRESH_DURING_STROKE * full.abs() + 1e-6).all())
+        if not any(kept is m for m in maps):
+            maps.append(kept)
+    during = len(decodes)
+    assert 3 <= len(maps) < n / 2  # faded again now and then, not at every event
+    assert during < 1.5 * n  # the brush's step each event; G(z0) only with a new map
+    hook.remove()
+    given: list[torch.Tensor] = []
+    hook = s.model.model.decoder.register_forward_hook(lambda _m, args, _o: given.append(args[2]))
+    s.brush_end()  # its steps on release decode with the exact map
+    hook.remove()
+    assert given
+    assert all(torch.equal(m, exact()) for m in given)
+    assert torch.equal(s.kept_map(), exact())
+    with torch.no_grad():
+        assert torch.allclose(s.recon0, s.model.model.decode(s.z0, s.a0, exact()), atol=1e-6)

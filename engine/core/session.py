@@ -48,6 +48,10 @@ from engine.core.model import intensities
 from engine.core.regions import Regions, find_regions
 
 REFINE_STEPS_ON_RELEASE = 4
+# While a stroke is drawn, the photo's map (``kept_map``) is faded again only once the growing
+# reach has moved some cell's fade by more than this: each new map costs a decode of G(z0) as
+# well as the brush's step. Its end takes the exact map.
+MAP_REFRESH_DURING_STROKE = 0.3
 # what the brush has moved: the latent and (a conditioned decoder) the attribute input's move
 BrushState = tuple[torch.Tensor, torch.Tensor | None]
 
@@ -88,6 +92,18 @@ class Stroke:
     last: tuple[float, float] | None = None
     losses: list[float] = field(default_factory=list)
     touches_photo: bool = False  # some sample's brush disc overlaps the photo
+
+
+@dataclass(frozen=True)
+class KeptMap:
+    """``EditSession.kept_map``'s cache: the map as faded by ``fade`` (None: no map at all), for
+    this reach and sliders; ``exact`` when ``fade`` is this reach's own, not a stroke's earlier one."""
+
+    reach: np.ndarray | None
+    sliders_set: bool
+    fade: torch.Tensor | None
+    kept: torch.Tensor
+    exact: bool
 
 
 @dataclass(frozen=True)
@@ -133,7 +149,7 @@ class EditSession:
             # a conditioned decoder's attribute input, as the encoder reads this photo (None: plain)
             self.a0 = None if encoded.attributes is None else intensities(encoded.attributes).clone()
             self.photo_map = None if encoded.shortcut is None else encoded.shortcut.clone()
-        self._kept_map: tuple[np.ndarray | None, bool, torch.Tensor] | None = None
+        self._kept_map: KeptMap | None = None
         self._recon0: tuple[torch.Tensor | None, torch.Tensor] | None = None
         self.z0 = z.clone()
         self.z_base = z.clone()
@@ -215,17 +231,24 @@ class EditSession:
         stroke can change it; none at all when the change may show everywhere (after the latent
         canvas or a sample) or while a slider is set (the map holds the photo's attributes: with
         it, the 64-px model trained with --shortcut-drop turned 0 sliders good and 1 weak, without
-        it 1 and 4, as npe attributes judged them). Kept while the reach and that stay the same."""
+        it 1 and 4, as npe attributes judged them). Kept while the reach and that stay the same,
+        and during a stroke until its reach moves some cell's fade by ``MAP_REFRESH_DURING_STROKE``."""
         if self.photo_map is None:
             return None
-        if self._kept_map is None or self._kept_map[0] is not self.reach or self._kept_map[1] != self.sliders_set:
-            reach = self.reach_tensor()
-            if reach is None or self.sliders_set:
-                kept = torch.zeros_like(self.photo_map)
-            else:  # a cell of the map is faded by the most the reach covers of it
-                kept = self.photo_map * (1 - F.adaptive_max_pool2d(reach, self.photo_map.shape[-2:]))
-            self._kept_map = (self.reach, self.sliders_set, kept)
-        return self._kept_map[2]
+        live = self.stroke is not None  # during a stroke a map a little behind the reach will do
+        cached = self._kept_map
+        if (cached is not None and cached.reach is self.reach and cached.sliders_set == self.sliders_set
+                and (cached.exact or live)):
+            return cached.kept
+        reach = self.reach_tensor()
+        fade = None if reach is None or self.sliders_set else F.adaptive_max_pool2d(reach, self.photo_map.shape[-2:])
+        if (live and cached is not None and cached.sliders_set == self.sliders_set and fade is not None
+                and cached.fade is not None and float((fade - cached.fade).abs().max()) <= MAP_REFRESH_DURING_STROKE):
+            self._kept_map = replace(cached, reach=self.reach, exact=torch.equal(fade, cached.fade))
+        else:  # a cell of the map is faded by the most the reach covers of it
+            kept = torch.zeros_like(self.photo_map) if fade is None else self.photo_map * (1 - fade)
+            self._kept_map = KeptMap(self.reach, self.sliders_set, fade, kept, True)
+        return self._kept_map.kept
 
     @property
     def decoder(self) -> DecoderFn:
@@ -451,6 +474,7 @@ class EditSession:
             raise StrokeMissedError("the stroke missed the face being edited (paint on or around it): "
                                     "nothing was changed")
         if s.alpha.any():
+            self._kept_map = None  # the steps on release, and all after, decode with the reach's exact map
             paint, alpha, halo = self._paint_tensors()
             for _ in range(refine_steps):
                 _, loss = s.optimizer.step(self.generate, paint, alpha, halo)
