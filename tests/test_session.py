@@ -493,3 +493,56 @@ def test_during_a_stroke_the_map_fades_again_only_in_steps_and_the_strokes_end_t
     assert torch.equal(s.kept_map(), exact())
     with torch.no_grad():
         assert torch.allclose(s.recon0, s.model.model.decode(s.z0, s.a0, exact()), atol=1e-6)
+
+
+def test_a_stroke_held_still_takes_its_releases_steps_early_and_ends_where_a_quick_release_would(
+        tiny_model_dir: Path, face_photo: Path, tmp_path: Path) -> None:
+    """While the pointer rests, ``brush_settle`` takes the release's steps one at a time, each with a
+    preview, so the picture settles on what letting go gives; the release takes only the steps
+    left, and the stroke ends exactly where one released at once ends. New paint makes all the
+    release's steps due again."""
+    from engine.core.session import REFINE_STEPS_ON_RELEASE
+
+    points = [(20 + i * 0.5, 30.0) for i in range(40)]  # small moves: the map lags the reach at the end
+
+    def stroke(s: EditSession) -> None:
+        s.brush_begin((20, 20, 20), 4)
+        for p in points:
+            s.brush_to([p])
+
+    quick = _shortcut_session(tiny_model_dir, face_photo, tmp_path)
+    stroke(quick)
+    quick.brush_end()
+
+    held = _shortcut_session(tiny_model_dir, face_photo, tmp_path / "held")
+    stroke(held)
+    live = held.stroke
+    assert live is not None
+    assert held.photo_map is not None
+    exact = held.photo_map * (1 - torch.nn.functional.adaptive_max_pool2d(held.reach_tensor(),
+                                                                          held.photo_map.shape[-2:]))
+    assert not torch.equal(held.kept_map(), exact)  # the rest's steps must not decode with this one
+    before = held.z.clone()
+    previews = []
+    while (p := held.brush_settle()) is not None:
+        previews.append(p)
+    assert len(previews) == REFINE_STEPS_ON_RELEASE
+    assert not held.can_settle()
+    assert not torch.equal(held.z, before)  # the hold moved the picture on
+    held.brush_end()
+    assert len(live.losses) == len(points) + REFINE_STEPS_ON_RELEASE  # the release took no more steps
+    assert torch.equal(held.z, quick.z)
+    assert torch.equal(held.render().shown, quick.render().shown)
+
+    # paint after a rest: all the release's steps are due again, less any rest after it
+    again = _shortcut_session(tiny_model_dir, face_photo, tmp_path / "again")
+    stroke(again)
+    again.brush_settle()
+    again.brush_settle()
+    again.brush_to([(40.0, 36.0)])
+    assert again.can_settle()
+    live = again.stroke
+    assert live is not None
+    again.brush_settle()
+    again.brush_end()
+    assert len(live.losses) == len(points) + 2 + 1 + REFINE_STEPS_ON_RELEASE

@@ -139,8 +139,46 @@ def test_a_stroke_outside_the_photo_is_reported(tiny_model_dir: Path, face_photo
     assert not worker.service.session.can_undo
 
 
+def test_a_stroke_held_still_settles_on_its_release_without_more_requests(tiny_model_dir: Path,
+                                                                         face_photo: Path) -> None:
+    """After one brush sample and nothing more, the worker takes the release's steps itself, each
+    with a frame; the release then adds nothing, and the stroke ends where a quick one would."""
+    from engine.core.session import REFINE_STEPS_ON_RELEASE
+
+    settled, ended = threading.Event(), threading.Event()
+    answers: list[object] = []
+
+    def collect(a: object) -> None:
+        answers.append(a)
+        if isinstance(a, rq.Frame) and a.id == 4:
+            ended.set()
+        elif isinstance(a, rq.Frame) and worker.service is not None and not worker.service.can_settle():
+            settled.set()  # the last of the rest's steps (this runs on the worker's thread)
+
+    worker = EngineWorker(lambda: Engine.load(tiny_model_dir, "cpu"), collect)
+    worker.start()
+    worker.send(rq.OpenPhoto(id=1, path=str(face_photo)))
+    worker.send(rq.StrokeBegin(id=2, color=(250, 240, 10), radius=5.0))
+    worker.send(rq.StrokeMove(id=3, points=((20.0, 30.0), (40.0, 35.0))))
+    assert settled.wait(WAIT)
+    frames = [f for f in answers if isinstance(f, rq.Frame)]
+    rest = frames[-REFINE_STEPS_ON_RELEASE:]
+    assert all(f.work == "brush step" and f.id == 3 for f in rest)  # answers to the last request sent
+    assert len({f.image.tobytes() for f in rest}) > 1  # the picture moved on while held
+    worker.send(rq.StrokeEnd(id=4))
+    assert ended.wait(WAIT)
+    assert worker.stop()
+
+    s, _ = open_session(Engine.load(tiny_model_dir, "cpu"), face_photo)
+    s.brush_begin((250, 240, 10), 5.0)
+    s.brush_to([(20.0, 30.0), (40.0, 35.0)])
+    s.brush_end()
+    assert torch.equal(worker.service.session.z, s.z)
+
+
 def test_frames_say_what_their_time_was_spent_on() -> None:
     assert rq.work_label([rq.StrokeMove()]) == "brush step"
+    assert rq.work_label([rq.StrokeSettle()]) == "brush step"
     assert rq.work_label([rq.StrokeBegin(), rq.StrokeMove(), rq.StrokeEnd()]) == "stroke end"
     assert rq.work_label([rq.SetSliders()]) == "slider"
     assert rq.work_label([rq.View(), rq.OpenPhoto()]) == "open"

@@ -65,6 +65,12 @@ class StrokeEnd(Request):
 
 
 @dataclass(frozen=True)
+class StrokeSettle(Request):
+    """The worker's own, when the mailbox stays empty while a stroke is held still: one of the
+    steps the release would take (``EditSession.brush_settle``)."""
+
+
+@dataclass(frozen=True)
 class SetSliders(Request):
     values: SliderValues = SliderValues()
     commit: bool = False  # False: a live preview; True: the release, one undo step
@@ -237,7 +243,8 @@ def work_label(work: list[Request]) -> str:
     """What a handled batch did, as the status bar names its time: the most expensive part wins."""
     kinds = {type(r) for r in work}
     for cls, label in ((OpenPhoto, "open"), (OpenSession, "open"), (StrokeEnd, "stroke end"),
-                       (StrokeMove, "brush step"), (SetSliders, "slider"), (SetLatent, "latent canvas"),
+                       (StrokeMove, "brush step"), (StrokeSettle, "brush step"), (SetSliders, "slider"),
+                       (SetLatent, "latent canvas"),
                        (Undo, "undo"), (Redo, "redo"), (Reset, "reset"), (Sample, "sample")):
         if cls in kinds:
             return label

@@ -10,7 +10,9 @@ into a message (``failure``).
 
 Where a brush stroke goes: ``StrokeBegin`` -> ``_stroke_begin`` -> ``EditSession.brush_begin``;
 ``StrokeMove`` -> ``_stroke_move`` -> ``EditSession.brush_to`` (the preview is kept for the
-next ``frame``); ``StrokeEnd`` -> ``_stroke_end`` -> ``EditSession.brush_end`` (one undo step).
+next ``frame``); while the stroke is held still, the worker's ``StrokeSettle`` ->
+``_stroke_settle`` -> ``EditSession.brush_settle`` (the release's steps, taken early);
+``StrokeEnd`` -> ``_stroke_end`` -> ``EditSession.brush_end`` (one undo step).
 A slider move: ``SetSliders`` -> ``_set_sliders`` -> ``EditSession.set_sliders`` (+ ``commit``
 on release) -> ``frame`` -> ``EditSession.render``.
 """
@@ -73,6 +75,7 @@ class EditService:
             rq.StrokeBegin: self._stroke_begin,
             rq.StrokeMove: self._stroke_move,
             rq.StrokeEnd: self._stroke_end,
+            rq.StrokeSettle: self._stroke_settle,
             rq.SetSliders: self._set_sliders,
             rq.SetHold: self._set_hold,
             rq.SetLatent: self._set_latent,
@@ -206,6 +209,18 @@ class EditService:
             return False
         self._stroke_preview = s.brush_to(list(req.points))
         return True
+
+    def _stroke_settle(self, req: rq.StrokeSettle) -> bool:
+        s = self._need_session()
+        preview = s.brush_settle()
+        if preview is None:
+            return False
+        self._stroke_preview = preview
+        return True
+
+    def can_settle(self) -> bool:
+        """Whether a stroke is held with release steps left to take (``rq.StrokeSettle``)."""
+        return self.session is not None and self.session.can_settle()
 
     def _stroke_end(self, req: rq.StrokeEnd) -> bool:
         self._need_session().brush_end()

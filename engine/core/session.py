@@ -47,7 +47,7 @@ from engine.core.images import Photo, to_tensor, to_uint8
 from engine.core.model import intensities
 from engine.core.regions import Regions, find_regions
 
-REFINE_STEPS_ON_RELEASE = 4
+REFINE_STEPS_ON_RELEASE = 4  # the steps a stroke's release takes with no new paint (less those its hold took)
 # While a stroke is drawn, the photo's map (``kept_map``) is faded again only once the growing
 # reach has moved some cell's fade by more than this: each new map costs a decode of G(z0) as
 # well as the brush's step. Its end takes the exact map.
@@ -92,6 +92,7 @@ class Stroke:
     last: tuple[float, float] | None = None
     losses: list[float] = field(default_factory=list)
     touches_photo: bool = False  # some sample's brush disc overlaps the photo
+    settled: int = 0  # steps taken while held still since the last new paint (``brush_settle``)
 
 
 @dataclass(frozen=True)
@@ -442,6 +443,32 @@ class EditSession:
             return self.render()
         if s.reach_before is not None:  # the stroke's change shows near it (and earlier strokes' near them)
             self.reach = np.maximum(s.reach_before, stroke_reach(s.halo, s.radius))
+        if points:
+            s.settled = 0  # new paint: the release's steps are all to take again
+        return self._brush_step()
+
+    def can_settle(self) -> bool:
+        """Whether a stroke held still has release steps left to take now (``brush_settle``)."""
+        s = self.stroke
+        return s is not None and s.settled < REFINE_STEPS_ON_RELEASE and bool(s.alpha.any())
+
+    def brush_settle(self) -> CropRender | None:
+        """While a stroke is held still, take one of the steps its release would take, so the
+        preview shows what letting go will give; the release then takes only the steps left. The
+        first one fades the photo's map exactly, as the release does, so a stroke held until
+        settled ends exactly where one released at once would. None: nothing left to take."""
+        if not self.can_settle():
+            return None
+        assert self.stroke is not None
+        if self.stroke.settled == 0:
+            self._kept_map = None
+        self.stroke.settled += 1
+        return self._brush_step()
+
+    def _brush_step(self) -> CropRender:
+        """One latent step of the live stroke towards its paint; the preview it gives."""
+        s = self.stroke
+        assert s is not None
         paint, alpha, halo = self._paint_tensors()
         offset = self.slider_offset()
         plain = None
@@ -458,7 +485,8 @@ class EditSession:
         return CropRender(shown, generated, mask)
 
     def brush_end(self, refine_steps: int = REFINE_STEPS_ON_RELEASE) -> bool:
-        """Finish the stroke: a few more steps, then one undo step. Returns whether anything changed.
+        """Finish the stroke: a few more steps (less those a hold has taken since the last paint,
+        ``brush_settle``), then one undo step. Returns whether anything changed.
 
         Raises ``StrokeMissedError`` when the stroke touched none of the face's crop (nothing
         changes then), so the user is told instead of left wondering.
@@ -476,7 +504,7 @@ class EditSession:
         if s.alpha.any():
             self._kept_map = None  # the steps on release, and all after, decode with the reach's exact map
             paint, alpha, halo = self._paint_tensors()
-            for _ in range(refine_steps):
+            for _ in range(refine_steps - s.settled):
                 _, loss = s.optimizer.step(self.generate, paint, alpha, halo)
                 s.losses.append(loss)
             self.take_stroke_state()
