@@ -454,6 +454,13 @@ def test_the_photos_map_fades_where_the_brush_reaches_and_comes_back_on_undo(tin
     assert not s.kept_map().any()
 
 
+def _exact_map(s: EditSession) -> torch.Tensor:
+    """The photo's feature map faded by the session's reach exactly, as a stroke's end uses it."""
+    full = s.photo_map
+    assert full is not None
+    return full * (1 - torch.nn.functional.adaptive_max_pool2d(s.reach_tensor(), full.shape[-2:]))
+
+
 def test_during_a_stroke_the_map_fades_again_only_in_steps_and_the_strokes_end_takes_the_exact_map(
         tiny_model_dir: Path, face_photo: Path, tmp_path: Path) -> None:
     """Each new map costs a decode of G(z0) as well as the brush's step, so while a stroke is
@@ -467,7 +474,7 @@ def test_during_a_stroke_the_map_fades_again_only_in_steps_and_the_strokes_end_t
     assert full is not None
 
     def exact() -> torch.Tensor:
-        return full * (1 - torch.nn.functional.adaptive_max_pool2d(s.reach_tensor(), full.shape[-2:]))
+        return _exact_map(s)
 
     decodes: list[int] = []
     hook = s.model.model.decoder.register_forward_hook(lambda *_: decodes.append(1))
@@ -518,10 +525,7 @@ def test_a_stroke_held_still_takes_its_releases_steps_early_and_ends_where_a_qui
     stroke(held)
     live = held.stroke
     assert live is not None
-    assert held.photo_map is not None
-    exact = held.photo_map * (1 - torch.nn.functional.adaptive_max_pool2d(held.reach_tensor(),
-                                                                          held.photo_map.shape[-2:]))
-    assert not torch.equal(held.kept_map(), exact)  # the rest's steps must not decode with this one
+    assert not torch.equal(held.kept_map(), _exact_map(held))  # the rest's steps must not decode with this one
     before = held.z.clone()
     previews = []
     while (p := held.brush_settle()) is not None:
